@@ -1,0 +1,132 @@
+//! The seam between the engine and where jobs execute.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{JobId, JobSpec, LogLine, RepoRef, RunId, State, Timestamp};
+
+/// Exactly what to check out into a job's workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkout {
+    pub repo: RepoRef,
+    /// The full ref the commit was reached by (`refs/heads/main`).
+    pub git_ref: String,
+    pub sha: String,
+}
+
+/// A secret value. It never prints: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the few places that must hand it on (an environment, a mask).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One attempt of one job, handed to a backend.
+#[derive(Clone, Debug)]
+pub struct JobRequest {
+    pub run_id: RunId,
+    pub job_id: JobId,
+    /// 1 for the first attempt, 2 for the first retry, …
+    pub attempt: u32,
+    pub checkout: Checkout,
+    pub spec: JobSpec,
+    /// Values for the job's granted secrets, by environment variable name. Backends that read
+    /// secrets themselves (Kubernetes, through `secretKeyRef`) ignore it.
+    pub secret_values: BTreeMap<String, Secret>,
+}
+
+/// How a step ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepOutcome {
+    pub state: State,
+    pub exit_code: Option<i32>,
+    /// Why, when the exit code does not say it all ("timed out after 5m", "OOMKilled").
+    pub reason: Option<String>,
+}
+
+/// Something that happened to a job attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub at: Timestamp,
+    pub kind: JobEventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEventKind {
+    /// The job's workspace is ready and its first step is about to start.
+    Started,
+    StepStarted {
+        step: usize,
+    },
+    Log(LogLine),
+    StepFinished {
+        step: usize,
+        outcome: StepOutcome,
+    },
+    /// The last event of an attempt: success, failure, cancelled or error.
+    Finished {
+        state: State,
+        reason: Option<String>,
+    },
+}
+
+/// Where a backend sends the events of the jobs it runs. Bounded, so a slow consumer slows the
+/// producer instead of filling memory.
+pub type EventSender = tokio::sync::mpsc::Sender<JobEvent>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The job could not be started at all (bad spec for this backend, no workspace, …).
+    #[error("cannot start job: {0}")]
+    Start(String),
+    #[error("no such job attempt: {0}")]
+    UnknownJob(String),
+    #[error("backend unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+/// Where jobs execute: Kubernetes pods, or local child processes.
+///
+/// `start` returns once the attempt is under way; from then on its progress arrives as
+/// [`JobEvent`]s, ending with exactly one [`JobEventKind::Finished`].
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for logs and the API: `kubernetes`, `local`.
+    fn name(&self) -> &'static str;
+
+    async fn start(&self, job: JobRequest, events: EventSender) -> Result<(), BackendError>;
+
+    /// Stops an attempt. Its `Finished { state: Cancelled }` event follows. Cancelling an
+    /// attempt that already ended is not an error.
+    async fn cancel(&self, job_id: JobId, attempt: u32) -> Result<(), BackendError>;
+}
