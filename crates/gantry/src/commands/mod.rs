@@ -1,0 +1,40 @@
+pub mod lint;
+pub mod run;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+
+/// Pipeline files of a repository, where Gantry looks for them: `.gantry.yaml` (or `.yml`) and
+/// every `.yaml`/`.yml` file directly in `.gantry/`, sorted.
+pub fn discover_pipelines(root: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = [".gantry.yaml", ".gantry.yml"]
+        .iter()
+        .map(|name| root.join(name))
+        .filter(|path| path.is_file())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(root.join(".gantry")) {
+        let mut in_dir: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.is_file() && is_yaml(path))
+            .collect();
+        in_dir.sort();
+        found.extend(in_dir);
+    }
+    found
+}
+
+pub fn is_yaml(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// A path as the user should see it in messages: relative to `base` when it is inside it.
+pub fn display_path(path: &Path, base: &Path) -> String {
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}

@@ -1,0 +1,65 @@
+# Gantry's tasks. `./dev RECIPE` runs one (installing `just` first when needed).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+gantry := "target/debug/gantry"
+
+default:
+    @just --list --unsorted
+
+# Run Gantry on an example repository: a pipeline with jobs, needs and a matrix, as local processes.
+demo: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dir=$(mktemp -d -t gantry-demo.XXXXXX)
+    cp -R examples/demo/. "$dir"
+    git -C "$dir" init -q -b main
+    git -C "$dir" add -A
+    git -C "$dir" -c user.name=Gantry -c user.email=demo@localhost -c commit.gpgsign=false commit -qm "Demo app"
+    echo "Demo repository: $dir"
+    cd "$dir" && "{{justfile_directory()}}/{{gantry}}" run
+
+# The whole test suite, as CI runs it: formatting, lints, generated files, every test, fuzzing.
+test: deps fmt-check clippy test-all check-generated fuzz-ci
+
+# Install what the tests need (Debian packages, cargo tools).
+deps:
+    scripts/install-deps
+
+# Build the gantry binary.
+build:
+    cargo build -p gantry
+
+fmt-check:
+    cargo fmt --all -- --check
+
+clippy:
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Every test of every crate (unit, integration, system).
+test-all:
+    cargo test --workspace --locked --no-fail-fast
+
+# Regenerate committed generated files (the pipeline JSON Schema).
+schema: build
+    {{gantry}} schema > docs/pipeline.schema.json
+
+# Fail when a committed generated file is stale.
+check-generated: build
+    {{gantry}} schema | diff -u docs/pipeline.schema.json - || { echo "docs/pipeline.schema.json is stale: run ./dev schema" >&2; exit 1; }
+
+# Fuzz the pipeline parser for SECONDS (needs cargo-fuzz; installed by `deps`).
+fuzz SECONDS="60":
+    scripts/fuzz {{SECONDS}}
+
+# CI's fuzzing: one minute.
+fuzz-ci:
+    scripts/fuzz 60
+
+# Benchmarks; results go to docs/benchmarks.md as ratios against references measured in the same run.
+bench:
+    scripts/bench
+
+# Lint the example pipelines with the gantry binary.
+lint-examples: build
+    {{gantry}} lint pipelines

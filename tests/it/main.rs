@@ -1,0 +1,5 @@
+//! System tests: the real `gantry` binary, run as a user would, against real git repositories.
+
+mod cli_lint;
+mod cli_run;
+mod support;

@@ -1,1 +1,0 @@
-//! Helpers for the system tests live in `it/`.
