@@ -1,0 +1,478 @@
+//! Child processes: spawn one in its own process group, read its output line by line, stop the
+//! whole group on a deadline or a cancel, and never wait forever for pipes.
+
+use std::fmt;
+use std::future::Future;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use gantry_core::{EventSender, Stream};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Longest line passed on whole; longer ones are split so a newline-free stream cannot grow
+/// memory without bound.
+pub(crate) const MAX_LINE: usize = 64 * 1024;
+/// Between SIGTERM and SIGKILL.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
+/// After the process group is gone, how long to wait for output that is still arriving. A
+/// process that escaped the group (`setsid`) may hold the pipes open for ever.
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
+const DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// Which deadline ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Timeout {
+    Step(Duration),
+    Job(Duration),
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Timeout::Step(d) => write!(f, "timed out after {}", human(*d)),
+            Timeout::Job(d) => write!(f, "job timed out after {}", human(*d)),
+        }
+    }
+}
+
+/// `5s`, `2m`, `1h`, `1500ms`: how a pipeline author would have written it.
+pub(crate) fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    if s != 0 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s != 0 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// What stops a process early: a deadline, a cancel of the attempt, or nobody listening to the
+/// attempt's events any more (then the work is pointless).
+#[derive(Clone, Debug)]
+pub(crate) struct Stop {
+    pub deadline: Option<(Instant, Timeout)>,
+    pub cancel: watch::Receiver<bool>,
+    pub events: EventSender,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Why {
+    Timeout(Timeout),
+    Cancelled,
+}
+
+impl Stop {
+    pub(crate) fn is_cancelled(&self) -> bool {
+        *self.cancel.borrow() || self.events.is_closed()
+    }
+
+    /// This stop with an earlier deadline, if `step` ends before the current one.
+    pub(crate) fn with_step_timeout(&self, step: Option<Duration>) -> Stop {
+        let mut stop = self.clone();
+        if let Some(limit) = step {
+            let at = Instant::now() + limit;
+            if stop.deadline.is_none_or(|(job_at, _)| at < job_at) {
+                stop.deadline = Some((at, Timeout::Step(limit)));
+            }
+        }
+        stop
+    }
+
+    /// The deadline, if it has already passed.
+    pub(crate) fn expired(&self) -> Option<Timeout> {
+        self.deadline
+            .filter(|(at, _)| Instant::now() >= *at)
+            .map(|(_, t)| t)
+    }
+
+    async fn until_stopped(&mut self) -> Why {
+        let deadline = async {
+            match self.deadline {
+                Some((at, what)) => {
+                    tokio::time::sleep_until(at).await;
+                    what
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let cancel = async {
+            // The sender lives as long as the attempt is registered; if it went, nobody can
+            // cancel any more.
+            if self.cancel.wait_for(|c| *c).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            what = deadline => Why::Timeout(what),
+            () = cancel => Why::Cancelled,
+            () = self.events.closed() => Why::Cancelled,
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Exited(i32),
+    /// Killed by a signal it did not get from us (the name, `SIGSEGV`).
+    Signalled(String),
+    TimedOut(Timeout),
+    Cancelled,
+    /// It could not be started, or we lost track of it.
+    Failed(String),
+}
+
+impl Ending {
+    pub(crate) fn succeeded(&self) -> bool {
+        *self == Ending::Exited(0)
+    }
+}
+
+/// Where a process's output lines go.
+pub(crate) trait Output: Send {
+    fn line(&mut self, stream: Stream, text: String) -> impl Future<Output = ()> + Send;
+}
+
+/// Keeps the last lines of output, for an error message.
+#[derive(Debug, Default)]
+pub(crate) struct Capture {
+    pub lines: Vec<(Stream, String)>,
+}
+
+impl Capture {
+    const KEEP: usize = 200;
+
+    /// The captured lines of one stream, joined.
+    pub(crate) fn text(&self, stream: Stream) -> String {
+        let lines: Vec<&str> = self
+            .lines
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, t)| t.as_str())
+            .collect();
+        lines.join("\n")
+    }
+}
+
+impl Output for Capture {
+    async fn line(&mut self, stream: Stream, text: String) {
+        if self.lines.len() == Self::KEEP {
+            self.lines.remove(0);
+        }
+        self.lines.push((stream, text));
+    }
+}
+
+/// Runs `command` to its end in a new process group, passing its output to `out` line by line
+/// in arrival order. stdin is `/dev/null`.
+pub(crate) async fn run<O: Output>(mut command: Command, out: &mut O, stop: &Stop) -> Ending {
+    command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let program = command
+                .as_std()
+                .get_program()
+                .to_string_lossy()
+                .into_owned();
+            return Ending::Failed(format!("cannot start {program}: {e}"));
+        }
+    };
+    let Some(pid) = child.id() else {
+        return Ending::Failed("the process vanished as it started".into());
+    };
+    let group = ProcessGroup::new(pid);
+
+    let (tx, mut lines) = mpsc::channel(256);
+    let readers: Vec<JoinHandle<()>> = [
+        child
+            .stdout
+            .take()
+            .map(|r| tokio::spawn(read_lines(r, Stream::Stdout, tx.clone()))),
+        child
+            .stderr
+            .take()
+            .map(|r| tokio::spawn(read_lines(r, Stream::Stderr, tx.clone()))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    drop(tx);
+
+    // Supervised in its own task, so a slow consumer of output never delays a kill.
+    let mut supervisor = tokio::spawn(supervise(child, group, stop.clone()));
+    let mut ending = None;
+    let mut open = true;
+    while ending.is_none() {
+        tokio::select! {
+            line = lines.recv(), if open => match line {
+                Some((stream, text)) => out.line(stream, text).await,
+                None => open = false,
+            },
+            done = &mut supervisor => ending = Some(done.unwrap_or_else(|e| {
+                Ending::Failed(format!("lost track of the process: {e}"))
+            })),
+        }
+    }
+    let drain_end = Instant::now() + DRAIN_MAX;
+    while open {
+        let idle = DRAIN_IDLE.min(drain_end.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(idle, lines.recv()).await {
+            Ok(Some((stream, text))) => out.line(stream, text).await,
+            Ok(None) | Err(_) => open = false,
+        }
+    }
+    for reader in readers {
+        reader.abort();
+    }
+    ending.unwrap_or_else(|| Ending::Failed("no ending".into()))
+}
+
+async fn supervise(mut child: Child, mut group: ProcessGroup, mut stop: Stop) -> Ending {
+    let why = tokio::select! {
+        status = child.wait() => {
+            // Like a container whose main process exits: whatever it left running goes too.
+            group.signal(Signal::SIGKILL);
+            group.disarm();
+            return match status {
+                Ok(status) => ending_of(status),
+                Err(e) => Ending::Failed(format!("waiting for the process: {e}")),
+            };
+        }
+        why = stop.until_stopped() => why,
+    };
+    group.signal(Signal::SIGTERM);
+    let grace_end = Instant::now() + KILL_GRACE;
+    let mut leader_gone = false;
+    while Instant::now() < grace_end {
+        if !leader_gone {
+            leader_gone = matches!(child.try_wait(), Ok(Some(_)));
+        }
+        if leader_gone && group.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    group.signal(Signal::SIGKILL);
+    let _ = child.wait().await;
+    group.disarm();
+    match why {
+        Why::Timeout(t) => Ending::TimedOut(t),
+        Why::Cancelled => Ending::Cancelled,
+    }
+}
+
+fn ending_of(status: ExitStatus) -> Ending {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Ending::Exited(code),
+        (None, Some(signal)) => Ending::Signalled(signal_name(signal)),
+        (None, None) => Ending::Failed(format!("unknown exit status {status}")),
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    Signal::try_from(signal)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|_| format!("signal {signal}"))
+}
+
+/// A process group we started. Dropped while armed (a task aborted mid-step), it kills the
+/// group, so nothing outlives the attempt.
+#[derive(Debug)]
+struct ProcessGroup {
+    pgid: Pid,
+    armed: bool,
+}
+
+impl ProcessGroup {
+    fn new(leader: u32) -> Self {
+        Self {
+            pgid: Pid::from_raw(leader as i32),
+            armed: true,
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        match killpg(self.pgid, signal) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => {
+                tracing::warn!(pgid = %self.pgid, %signal, error = %e, "cannot signal process group")
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        killpg(self.pgid, None) == Err(Errno::ESRCH)
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if self.armed {
+            self.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+async fn read_lines<R: AsyncRead + Unpin>(
+    mut reader: R,
+    stream: Stream,
+    tx: mpsc::Sender<(Stream, String)>,
+) {
+    let mut splitter = LineSplitter::new(MAX_LINE);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for line in splitter.push(&chunk[..n]) {
+            if tx.send((stream, line)).await.is_err() {
+                return;
+            }
+        }
+    }
+    if let Some(line) = splitter.finish() {
+        let _ = tx.send((stream, line)).await;
+    }
+}
+
+/// Cuts a byte stream into lines: at `\n` (dropping a `\r` before it), or at `max` bytes when a
+/// line runs on, backing off so a UTF-8 character is not cut in two. Bytes that are not UTF-8
+/// become U+FFFD, never vanish.
+#[derive(Debug)]
+pub(crate) struct LineSplitter {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl LineSplitter {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            max: max.max(4),
+        }
+    }
+
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.buf.extend_from_slice(bytes);
+        let mut lines = Vec::new();
+        let mut start = 0;
+        loop {
+            let rest = &self.buf[start..];
+            let window = &rest[..rest.len().min(self.max + 1)];
+            if let Some(nl) = window.iter().position(|b| *b == b'\n') {
+                let mut line = &rest[..nl];
+                if let [head @ .., b'\r'] = line {
+                    line = head;
+                }
+                lines.push(String::from_utf8_lossy(line).into_owned());
+                start += nl + 1;
+                continue;
+            }
+            if rest.len() > self.max {
+                let cut = utf8_cut(rest, self.max);
+                lines.push(String::from_utf8_lossy(&rest[..cut]).into_owned());
+                start += cut;
+                continue;
+            }
+            break;
+        }
+        self.buf.drain(..start);
+        lines
+    }
+
+    /// The last line, if the stream did not end with a newline.
+    pub(crate) fn finish(&mut self) -> Option<String> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let line = String::from_utf8_lossy(&self.buf).into_owned();
+        self.buf.clear();
+        Some(line)
+    }
+}
+
+/// Where to cut `bytes` at or before `max` without splitting a UTF-8 sequence (when the bytes are
+/// UTF-8 at all).
+fn utf8_cut(bytes: &[u8], max: usize) -> usize {
+    let is_continuation = |b: u8| b & 0b1100_0000 == 0b1000_0000;
+    (max.saturating_sub(3)..=max)
+        .rev()
+        .find(|&i| i > 0 && !is_continuation(bytes[i]))
+        .unwrap_or(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_newlines_and_keeps_the_tail_for_later() {
+        let mut s = LineSplitter::new(MAX_LINE);
+        assert_eq!(s.push(b"one\ntwo\r\nthr"), vec!["one", "two"]);
+        assert_eq!(s.push(b"ee\n\n"), vec!["three", ""]);
+        assert_eq!(s.push(b"four"), Vec::<String>::new());
+        assert_eq!(s.finish().as_deref(), Some("four"));
+        assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn long_lines_are_cut_at_the_limit() {
+        let mut s = LineSplitter::new(8);
+        assert_eq!(
+            s.push(b"0123456789abcdefghij"),
+            vec!["01234567", "89abcdef"]
+        );
+        assert_eq!(s.push(b"\n"), vec!["ghij"]);
+        // A line of exactly the limit plus its newline stays whole.
+        assert_eq!(s.push(b"01234567\n"), vec!["01234567"]);
+    }
+
+    #[test]
+    fn cuts_do_not_split_characters_and_bad_bytes_are_replaced() {
+        let mut s = LineSplitter::new(8);
+        // "aaaaaaa" then a 2-byte é straddling the limit.
+        let lines = s.push("aaaaaaaébb\n".as_bytes());
+        assert_eq!(lines, vec!["aaaaaaa", "ébb"]);
+        let mut s = LineSplitter::new(MAX_LINE);
+        assert_eq!(
+            s.push(b"ok \xff\xfe end\n"),
+            vec!["ok \u{fffd}\u{fffd} end"]
+        );
+    }
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(human(Duration::from_secs(5)), "5s");
+        assert_eq!(human(Duration::from_secs(120)), "2m");
+        assert_eq!(human(Duration::from_secs(3600)), "1h");
+        assert_eq!(human(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(
+            Timeout::Step(Duration::from_secs(5)).to_string(),
+            "timed out after 5s"
+        );
+    }
+}

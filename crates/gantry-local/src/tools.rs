@@ -1,0 +1,219 @@
+//! `kaniko` and `trivy` steps: the real tools when they are installed, a clear failure when not.
+//! Never a silent success.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use gantry_core::{KanikoStep, TrivyStep};
+
+use crate::job::{StepContext, StepResult};
+
+/// Builds and pushes an image with Kaniko's `executor`.
+pub(crate) async fn kaniko(ctx: &mut StepContext<'_>, step: &KanikoStep) -> StepResult {
+    if step.destinations.is_empty() {
+        let reason = "kaniko step has no destination to push to";
+        ctx.system(reason).await;
+        return StepResult::failure(reason);
+    }
+    let Some(executor) = find_on_path("executor", ctx.env.get("PATH").map(String::as_str)) else {
+        let reason = "kaniko steps need the Kubernetes backend or the `executor` binary on PATH";
+        ctx.system(reason).await;
+        return StepResult::failure(reason);
+    };
+    if let Some(secret) = &step.registry_secret {
+        let note = format!(
+            "registry secret {secret:?} is not mounted locally; executor uses its own Docker config"
+        );
+        ctx.system(note).await;
+    }
+    let mut command = ctx.command(&executor);
+    command.args(kaniko_args(step, ctx.workspace));
+    StepResult::of(ctx.run(command).await)
+}
+
+/// Scans an image with `trivy`; findings at the chosen severities fail the step.
+pub(crate) async fn trivy(ctx: &mut StepContext<'_>, step: &TrivyStep) -> StepResult {
+    let Some(trivy) = find_on_path("trivy", ctx.env.get("PATH").map(String::as_str)) else {
+        let reason = "trivy steps need the Kubernetes backend or the `trivy` binary on PATH";
+        ctx.system(reason).await;
+        return StepResult::failure(reason);
+    };
+    if let Some(secret) = &step.registry_secret {
+        let note = format!(
+            "registry secret {secret:?} is not mounted locally; trivy uses its own registry credentials"
+        );
+        ctx.system(note).await;
+    }
+    let mut command = ctx.command(&trivy);
+    command.args(trivy_args(step));
+    StepResult::of(ctx.run(command).await)
+}
+
+/// `executor` arguments for a step, with the context and Dockerfile made absolute.
+pub(crate) fn kaniko_args(step: &KanikoStep, workspace: &Path) -> Vec<String> {
+    let context = workspace.join(or_default(&step.context, "."));
+    let dockerfile = context.join(or_default(&step.dockerfile, "Dockerfile"));
+    let mut args = vec![
+        format!("--context={}", context.display()),
+        format!("--dockerfile={}", dockerfile.display()),
+    ];
+    args.extend(
+        step.destinations
+            .iter()
+            .map(|d| format!("--destination={d}")),
+    );
+    if step.cache {
+        args.push("--cache=true".into());
+        let repo = step
+            .cache_repo
+            .clone()
+            .or_else(|| step.destinations.first().map(|d| cache_repo_for(d)));
+        if let Some(repo) = repo {
+            args.push(format!("--cache-repo={repo}"));
+        }
+    }
+    args.extend(
+        step.build_args
+            .iter()
+            .map(|(k, v)| format!("--build-arg={k}={v}")),
+    );
+    if let Some(target) = &step.target {
+        args.push(format!("--target={target}"));
+    }
+    args
+}
+
+/// `trivy` arguments for a step.
+pub(crate) fn trivy_args(step: &TrivyStep) -> Vec<String> {
+    let mut args = vec!["image".to_owned(), "--exit-code".into(), "1".into()];
+    if !step.severity.is_empty() {
+        let severities: Vec<&str> = step.severity.iter().map(|s| s.as_str()).collect();
+        args.push("--severity".into());
+        args.push(severities.join(","));
+    }
+    if step.ignore_unfixed {
+        args.push("--ignore-unfixed".into());
+    }
+    args.push(step.image.clone());
+    args
+}
+
+fn or_default<'a>(value: &'a str, default: &'a str) -> &'a str {
+    if value.is_empty() { default } else { value }
+}
+
+/// `registry.example.com/app:1.2` → `registry.example.com/app/cache`.
+fn cache_repo_for(destination: &str) -> String {
+    let without_digest = destination.split('@').next().unwrap_or(destination);
+    let name_start = without_digest.rfind('/').map_or(0, |i| i + 1);
+    let repo = match without_digest[name_start..].find(':') {
+        Some(colon) => &without_digest[..name_start + colon],
+        None => without_digest,
+    };
+    format!("{repo}/cache")
+}
+
+/// The first executable file called `name` in a `PATH`-like list of directories.
+pub(crate) fn find_on_path(name: &str, path: Option<&str>) -> Option<PathBuf> {
+    path?
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use gantry_core::Severity;
+
+    use super::*;
+
+    #[test]
+    fn kaniko_arguments_follow_the_step() {
+        let step = KanikoStep {
+            context: "app".into(),
+            dockerfile: String::new(),
+            destinations: vec![
+                "reg.example/app:abc".into(),
+                "reg.example/app:latest".into(),
+            ],
+            build_args: BTreeMap::from([("VERSION".into(), "1.0".into())]),
+            cache: true,
+            cache_repo: None,
+            target: Some("runtime".into()),
+            registry_secret: None,
+        };
+        assert_eq!(
+            kaniko_args(&step, Path::new("/ws")),
+            vec![
+                "--context=/ws/app",
+                "--dockerfile=/ws/app/Dockerfile",
+                "--destination=reg.example/app:abc",
+                "--destination=reg.example/app:latest",
+                "--cache=true",
+                "--cache-repo=reg.example/app/cache",
+                "--build-arg=VERSION=1.0",
+                "--target=runtime",
+            ]
+        );
+    }
+
+    #[test]
+    fn cache_repo_defaults_from_the_first_destination() {
+        assert_eq!(
+            cache_repo_for("localhost:5000/team/app:v1"),
+            "localhost:5000/team/app/cache"
+        );
+        assert_eq!(
+            cache_repo_for("localhost:5000/app@sha256:abc"),
+            "localhost:5000/app/cache"
+        );
+        assert_eq!(cache_repo_for("app"), "app/cache");
+    }
+
+    #[test]
+    fn trivy_arguments_follow_the_step() {
+        let step = TrivyStep {
+            image: "reg.example/app:abc".into(),
+            severity: vec![Severity::Critical, Severity::High],
+            ignore_unfixed: true,
+            registry_secret: None,
+        };
+        assert_eq!(
+            trivy_args(&step),
+            vec![
+                "image",
+                "--exit-code",
+                "1",
+                "--severity",
+                "CRITICAL,HIGH",
+                "--ignore-unfixed",
+                "reg.example/app:abc"
+            ]
+        );
+        let plain = TrivyStep {
+            image: "app".into(),
+            ..TrivyStep::default()
+        };
+        assert_eq!(trivy_args(&plain), vec!["image", "--exit-code", "1", "app"]);
+    }
+
+    #[test]
+    fn tools_are_found_only_when_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("trivy");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        let path = dir.path().to_str().unwrap().to_owned();
+        assert_eq!(find_on_path("trivy", Some(&path)), None);
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(find_on_path("trivy", Some(&path)), Some(tool));
+        assert_eq!(find_on_path("executor", Some(&path)), None);
+        assert_eq!(find_on_path("trivy", None), None);
+    }
+}
