@@ -1,0 +1,3 @@
+//! Integration tests of the pipeline language: one binary, one module per concern.
+
+mod broken;
