@@ -1,1 +1,9 @@
-fn main() {}
+//! The local backend against real git repositories and real processes.
+
+mod checkout;
+mod gitops;
+mod output;
+mod steps;
+mod stopping;
+mod support;
+mod tools;
