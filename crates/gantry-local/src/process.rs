@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 /// Longest line passed on whole; longer ones are split so a newline-free stream cannot grow
@@ -219,6 +219,15 @@ pub(crate) async fn run<O: Output>(mut command: Command, out: &mut O, stop: &Sto
 
     // Supervised in its own task, so a slow consumer of output never delays a kill.
     let mut supervisor = tokio::spawn(supervise(child, group, stop.clone()));
+    // If this future is dropped half-way, the supervisor goes too, and with it the child and its
+    // process group (both kill on drop).
+    let _tasks = AbortOnDrop(
+        readers
+            .iter()
+            .map(JoinHandle::abort_handle)
+            .chain([supervisor.abort_handle()])
+            .collect(),
+    );
     let mut ending = None;
     let mut open = true;
     while ending.is_none() {
@@ -240,10 +249,17 @@ pub(crate) async fn run<O: Output>(mut command: Command, out: &mut O, stop: &Sto
             Ok(None) | Err(_) => open = false,
         }
     }
-    for reader in readers {
-        reader.abort();
-    }
     ending.unwrap_or_else(|| Ending::Failed("no ending".into()))
+}
+
+struct AbortOnDrop(Vec<AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 async fn supervise(mut child: Child, mut group: ProcessGroup, mut stop: Stop) -> Ending {

@@ -192,3 +192,68 @@ async fn a_missing_shell_is_an_error_not_a_failure_of_the_work() {
     );
     assert_eq!(events.finished().0, State::Error);
 }
+
+#[tokio::test]
+async fn a_step_killed_by_a_signal_fails_naming_it() {
+    let (repo, sha) = any_repo();
+    let (backend, _root) = backend();
+    let events = run_job(
+        &backend,
+        request(&repo.url(), &sha, vec![run("die", "kill -KILL $$")]),
+    )
+    .await;
+    let outcome = events.outcome(0);
+    assert_eq!(outcome.state, State::Failure);
+    assert_eq!(outcome.exit_code, None);
+    assert_eq!(outcome.reason.as_deref(), Some("killed by signal SIGKILL"));
+}
+
+/// Engine tests run against the fake backend; the local one must tell the same story.
+#[tokio::test]
+async fn the_local_backend_reports_like_the_fake_one() {
+    use gantry_core::Backend;
+    use gantry_core::fake::{FakeBackend, FakeStep};
+
+    let (repo, sha) = any_repo();
+    let (local, _root) = backend();
+    let mut report = run("report", "true");
+    report.run_if = StatusCondition::Failure;
+    let mut cleanup = run("cleanup", "true");
+    cleanup.run_if = StatusCondition::Always;
+    let job = request(
+        &repo.url(),
+        &sha,
+        vec![run("build", "exit 3"), run("test", "true"), report, cleanup],
+    );
+    let fake = FakeBackend::new();
+    fake.script(
+        &job.spec.name,
+        0,
+        FakeStep {
+            exit_code: 3,
+            ..FakeStep::default()
+        },
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    fake.start(job.clone(), tx).await.unwrap();
+    let expected = crate::support::collect(rx).await;
+    let actual = run_job(&local, job).await;
+
+    let shape = |events: &crate::support::Events| -> Vec<String> {
+        events
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                JobEventKind::Started => Some("started".to_owned()),
+                JobEventKind::StepStarted { step } => Some(format!("start {step}")),
+                JobEventKind::StepFinished { step, outcome } => Some(format!(
+                    "finish {step} {} {:?}",
+                    outcome.state, outcome.exit_code
+                )),
+                JobEventKind::Finished { state, .. } => Some(format!("finished {state}")),
+                JobEventKind::Log(_) => None,
+            })
+            .collect()
+    };
+    assert_eq!(shape(&actual), shape(&expected));
+}
