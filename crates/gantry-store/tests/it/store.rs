@@ -1,0 +1,649 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gantry_core::{
+    CommitState, CommitStatus, Event, ForgeKind, Job, JobId, JobSpec, PullRequest, RepoRef, Run,
+    RunId, State, StatusCondition, StepKind, StepSpec, Trigger,
+};
+use gantry_store::{
+    DeliveryState, NewDelivery, OutboxOutcome, Page, RunFilter, RunRecord, SCHEMA_VERSION, Store,
+    repo_key,
+};
+
+use crate::support::{self, TestDb};
+
+/// Runs each test against SQLite and against PostgreSQL.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(crate::support::sqlite().await).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(crate::support::postgres().await).await
+            })*
+        }
+    };
+}
+
+on_both!(
+    migrations_apply_once_and_reopen_cleanly,
+    a_newer_schema_is_refused_with_a_clear_message,
+    runs_jobs_and_steps_round_trip_with_their_timestamps,
+    every_attempt_is_kept_and_the_latest_is_found,
+    the_queue_is_first_in_first_out_with_positions,
+    running_jobs_are_counted_per_repository,
+    statuses_are_written_with_the_transition_or_not_at_all,
+    the_outbox_settles_and_reschedules_entries,
+    deliveries_are_deduplicated_by_forge_and_id,
+    runs_are_listed_by_filter_newest_first_in_pages,
+);
+
+fn repo(name: &str) -> RepoRef {
+    RepoRef {
+        forge: ForgeKind::Github,
+        full_name: name.into(),
+        clone_url: format!("https://example.invalid/{name}.git"),
+        web_url: None,
+        default_branch: Some("main".into()),
+    }
+}
+
+fn trigger(name: &str, branch: &str) -> Trigger {
+    Trigger::new(
+        Event::Push,
+        repo(name),
+        format!("refs/heads/{branch}"),
+        "0123456789abcdef",
+    )
+}
+
+fn run(trigger: Trigger) -> RunRecord {
+    RunRecord {
+        run: Run {
+            id: RunId::new(),
+            trigger,
+            pipeline: ".gantry.yaml".into(),
+            state: State::Queued,
+            created_at: gantry_core::now(),
+            started_at: None,
+            finished_at: None,
+            jobs: Vec::new(),
+        },
+        name: "ci".into(),
+        reason: None,
+        cancel_requested: false,
+    }
+}
+
+fn spec(name: &str, steps: &[&str]) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        steps: steps
+            .iter()
+            .map(|s| StepSpec {
+                name: (*s).into(),
+                kind: StepKind::Run {
+                    script: format!("echo {s}"),
+                },
+                timeout: Some(Duration::from_secs(60)),
+                env: BTreeMap::from([("A".into(), "1".into())]),
+                run_if: StatusCondition::Always,
+                allow_failure: true,
+            })
+            .collect(),
+        timeout: Some(Duration::from_millis(1500)),
+        ..JobSpec::default()
+    }
+}
+
+fn job(run: &RunRecord, name: &str, needs: &[&str]) -> Job {
+    Job {
+        id: JobId::new(),
+        run_id: run.run.id,
+        name: name.into(),
+        attempt: 1,
+        needs: needs.iter().map(|s| s.to_string()).collect(),
+        spec: spec(name, &["build", "test"]),
+        retries_left: 2,
+        allow_failure: true,
+        run_if: StatusCondition::Failure,
+        state: State::Queued,
+        reason: None,
+        created_at: gantry_core::now(),
+        started_at: None,
+        finished_at: None,
+        steps: Vec::new(),
+    }
+}
+
+async fn insert(store: &Store, run: &RunRecord, jobs: &[&Job]) {
+    let key = repo_key(&run.run.trigger);
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_run(run).await.unwrap();
+    for (i, j) in jobs.iter().enumerate() {
+        tx.insert_job(j, i, &key).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+fn status(sha: &str, context: &str, state: CommitState) -> CommitStatus {
+    CommitStatus {
+        sha: sha.into(),
+        context: context.into(),
+        state,
+        description: format!("{state:?}"),
+        target_url: Some("https://ci.example.invalid/runs/1".into()),
+    }
+}
+
+async fn migrations_apply_once_and_reopen_cleanly(db: TestDb) {
+    assert_eq!(db.store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let again = Store::open(&db.url).await.unwrap();
+    assert_eq!(again.schema_version().await.unwrap(), SCHEMA_VERSION);
+}
+
+async fn a_newer_schema_is_refused_with_a_clear_message(db: TestDb) {
+    let newer = SCHEMA_VERSION + 1;
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO gantry_schema (version, name, applied_at) VALUES ($1, 'future', 'x')")
+        .bind(newer)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = Store::open(&db.url).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "database schema version {newer} is newer than this gantry (max {SCHEMA_VERSION}): upgrade gantry"
+        )
+    );
+}
+
+async fn runs_jobs_and_steps_round_trip_with_their_timestamps(db: TestDb) {
+    let store = &db.store;
+    let mut t = trigger("acme/app", "main");
+    t.pull_request = Some(PullRequest {
+        number: 7,
+        head_ref: "feature".into(),
+        base_ref: "main".into(),
+        from_fork: false,
+        title: Some("Add \"quotes\" and ünïcode".into()),
+    });
+    let r = run(t);
+    let build = job(&r, "build", &[]);
+    let test = job(&r, "test", &["build"]);
+    insert(store, &r, &[&build, &test]).await;
+
+    let loaded = store.get_run(r.run.id).await.unwrap().unwrap();
+    assert_eq!(loaded.run.trigger, r.run.trigger);
+    assert_eq!(loaded.name, "ci");
+    assert_eq!(loaded.run.state, State::Queued);
+    assert_eq!(
+        loaded.run.created_at.timestamp_micros(),
+        r.run.created_at.timestamp_micros()
+    );
+    let names: Vec<_> = loaded.run.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["build", "test"], "jobs come back in plan order");
+    let b = &loaded.run.jobs[0];
+    assert_eq!(b.spec, build.spec, "the spec survives JSON");
+    assert_eq!(b.needs, Vec::<String>::new());
+    assert_eq!(loaded.run.jobs[1].needs, vec!["build".to_string()]);
+    assert_eq!(
+        (b.retries_left, b.allow_failure, b.run_if),
+        (2, true, StatusCondition::Failure)
+    );
+    assert_eq!(b.steps.len(), 2);
+    assert_eq!(b.steps[1].name, "test");
+    assert_eq!(b.steps[1].state, State::Queued);
+
+    let t0 = gantry_core::now();
+    let t1 = t0 + chrono::Duration::seconds(1);
+    let t2 = t0 + chrono::Duration::seconds(2);
+    let mut tx = store.begin().await.unwrap();
+    tx.set_run_state(r.run.id, State::Running, None, t0)
+        .await
+        .unwrap();
+    tx.set_job_state(build.id, 1, State::Running, None, t0)
+        .await
+        .unwrap();
+    tx.set_step_state(build.id, 1, 0, State::Running, None, None, t0)
+        .await
+        .unwrap();
+    tx.set_step_state(build.id, 1, 0, State::Failure, Some(3), Some("boom"), t1)
+        .await
+        .unwrap();
+    tx.close_open_steps(build.id, 1, State::Error, State::Skipped, t2)
+        .await
+        .unwrap();
+    tx.set_job_state(build.id, 1, State::Failure, Some("step build failed"), t2)
+        .await
+        .unwrap();
+    tx.set_run_state(r.run.id, State::Failure, Some("build failed"), t2)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let loaded = store.get_run(r.run.id).await.unwrap().unwrap();
+    let micros = |t: Option<gantry_core::Timestamp>| t.map(|t| t.timestamp_micros());
+    assert_eq!(loaded.run.state, State::Failure);
+    assert_eq!(loaded.reason.as_deref(), Some("build failed"));
+    assert_eq!(micros(loaded.run.started_at), micros(Some(t0)));
+    assert_eq!(micros(loaded.run.finished_at), micros(Some(t2)));
+    let b = &loaded.run.jobs[0];
+    assert_eq!(b.state, State::Failure);
+    assert_eq!(b.reason.as_deref(), Some("step build failed"));
+    assert_eq!(micros(b.started_at), micros(Some(t0)));
+    assert_eq!(micros(b.finished_at), micros(Some(t2)));
+    assert_eq!(b.steps[0].state, State::Failure);
+    assert_eq!(b.steps[0].exit_code, Some(3));
+    assert_eq!(b.steps[0].reason.as_deref(), Some("boom"));
+    assert_eq!(micros(b.steps[0].started_at), micros(Some(t0)));
+    assert_eq!(micros(b.steps[0].finished_at), micros(Some(t1)));
+    assert_eq!(b.steps[1].state, State::Skipped, "never started");
+    assert_eq!(micros(b.steps[1].finished_at), micros(Some(t2)));
+    assert_eq!(loaded.run.jobs[1].state, State::Queued, "untouched");
+}
+
+async fn every_attempt_is_kept_and_the_latest_is_found(db: TestDb) {
+    let store = &db.store;
+    let r = run(trigger("acme/app", "main"));
+    let first = job(&r, "flaky", &[]);
+    insert(store, &r, &[&first]).await;
+    let mut tx = store.begin().await.unwrap();
+    tx.set_job_state(
+        first.id,
+        1,
+        State::Failure,
+        Some("exit 1"),
+        gantry_core::now(),
+    )
+    .await
+    .unwrap();
+    let second = Job {
+        attempt: 2,
+        retries_left: 1,
+        created_at: gantry_core::now(),
+        ..first.clone()
+    };
+    tx.insert_job(&second, 0, &repo_key(&r.run.trigger))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let latest = store.get_job(first.id, None).await.unwrap().unwrap();
+    assert_eq!((latest.attempt, latest.state), (2, State::Queued));
+    let old = store.get_job(first.id, Some(1)).await.unwrap().unwrap();
+    assert_eq!(
+        (old.state, old.reason.as_deref()),
+        (State::Failure, Some("exit 1"))
+    );
+    let loaded = store.get_run(r.run.id).await.unwrap().unwrap();
+    let attempts: Vec<_> = loaded
+        .run
+        .jobs
+        .iter()
+        .map(|j| (j.attempt, j.state, j.steps.len()))
+        .collect();
+    assert_eq!(attempts, [(1, State::Failure, 2), (2, State::Queued, 2)]);
+    assert!(store.get_job(JobId::new(), None).await.unwrap().is_none());
+}
+
+async fn the_queue_is_first_in_first_out_with_positions(db: TestDb) {
+    let store = &db.store;
+    let r = run(trigger("acme/app", "main"));
+    let jobs: Vec<Job> = (0..3).map(|i| job(&r, &format!("j{i}"), &[])).collect();
+    insert(store, &r, &jobs.iter().collect::<Vec<_>>()).await;
+    let key = repo_key(&r.run.trigger);
+    // Enqueue in the order 2, 0, 1: the queue keeps that order, not the ids'.
+    for i in [2, 0, 1] {
+        let mut tx = store.begin().await.unwrap();
+        tx.enqueue(jobs[i].id, 1, r.run.id, &key, gantry_core::now())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let order: Vec<_> = store
+        .queue()
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.job_id)
+        .collect();
+    assert_eq!(order, [jobs[2].id, jobs[0].id, jobs[1].id]);
+    assert_eq!(store.queue_position(jobs[1].id).await.unwrap(), Some(3));
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.dequeue(jobs[2].id, 1).await.unwrap());
+    assert!(!tx.dequeue(jobs[2].id, 1).await.unwrap());
+    tx.commit().await.unwrap();
+    assert_eq!(store.queue_position(jobs[0].id).await.unwrap(), Some(1));
+    assert_eq!(store.queue_position(jobs[1].id).await.unwrap(), Some(2));
+    assert_eq!(store.queue_position(jobs[2].id).await.unwrap(), None);
+    let entry = &store.queue().await.unwrap()[0];
+    assert_eq!(
+        (entry.run_id, entry.repo_key.as_str()),
+        (r.run.id, key.as_str())
+    );
+    let j0 = store.get_job(jobs[0].id, None).await.unwrap().unwrap();
+    assert_eq!(j0.state, State::Queued);
+}
+
+async fn running_jobs_are_counted_per_repository(db: TestDb) {
+    let store = &db.store;
+    let a = run(trigger("acme/app", "main"));
+    let b = run(trigger("acme/lib", "main"));
+    let (a1, a2, a3) = (job(&a, "1", &[]), job(&a, "2", &[]), job(&a, "3", &[]));
+    let b1 = job(&b, "1", &[]);
+    insert(store, &a, &[&a1, &a2, &a3]).await;
+    insert(store, &b, &[&b1]).await;
+    let mut tx = store.begin().await.unwrap();
+    let now = gantry_core::now();
+    tx.set_job_state(a1.id, 1, State::Pending, None, now)
+        .await
+        .unwrap();
+    tx.set_job_state(a2.id, 1, State::Running, None, now)
+        .await
+        .unwrap();
+    tx.set_job_state(a3.id, 1, State::Success, None, now)
+        .await
+        .unwrap();
+    tx.set_job_state(b1.id, 1, State::Running, None, now)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let (total, by_repo) = store.running_counts().await.unwrap();
+    assert_eq!(total, 3);
+    assert_eq!(by_repo.get("github:acme/app"), Some(&2));
+    assert_eq!(by_repo.get("github:acme/lib"), Some(&1));
+    let active = store
+        .jobs_in_states(&[State::Pending, State::Running])
+        .await
+        .unwrap();
+    assert_eq!(active.len(), 3);
+}
+
+async fn statuses_are_written_with_the_transition_or_not_at_all(db: TestDb) {
+    let store = &db.store;
+    let r = run(trigger("acme/app", "main"));
+    insert(store, &r, &[]).await;
+    let repo = r.run.trigger.repo.clone();
+
+    let mut tx = store.begin().await.unwrap();
+    tx.set_run_state(r.run.id, State::Running, None, gantry_core::now())
+        .await
+        .unwrap();
+    tx.push_status(
+        &repo,
+        &status("abc", "gantry/ci", CommitState::Running),
+        gantry_core::now(),
+    )
+    .await
+    .unwrap();
+    drop(tx); // rolled back: neither the state nor its status happened
+    assert_eq!(
+        store.get_run(r.run.id).await.unwrap().unwrap().run.state,
+        State::Queued
+    );
+    assert!(store.statuses(None).await.unwrap().is_empty());
+
+    let mut tx = store.begin().await.unwrap();
+    tx.set_run_state(r.run.id, State::Running, None, gantry_core::now())
+        .await
+        .unwrap();
+    tx.push_status(
+        &repo,
+        &status("abc", "gantry/ci", CommitState::Running),
+        gantry_core::now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        store.get_run(r.run.id).await.unwrap().unwrap().run.state,
+        State::Running
+    );
+    let statuses = store.statuses(Some("abc")).await.unwrap();
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(statuses[0].repo, repo);
+    assert_eq!(
+        statuses[0].status,
+        status("abc", "gantry/ci", CommitState::Running)
+    );
+    assert_eq!(statuses[0].outcome, None);
+}
+
+async fn the_outbox_settles_and_reschedules_entries(db: TestDb) {
+    let store = &db.store;
+    let repo = repo("acme/app");
+    let mut tx = store.begin().await.unwrap();
+    for state in [
+        CommitState::Pending,
+        CommitState::Running,
+        CommitState::Success,
+    ] {
+        tx.push_status(
+            &repo,
+            &status("abc", "gantry/ci", state),
+            gantry_core::now(),
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let pending = store.pending_statuses(100).await.unwrap();
+    assert_eq!(pending.len(), 3);
+    assert!(
+        pending.windows(2).all(|w| w[0].id < w[1].id),
+        "oldest first"
+    );
+    let later = gantry_core::now() + chrono::Duration::seconds(30);
+    store
+        .reschedule_status(pending[2].id, 1, later, "502 bad gateway")
+        .await
+        .unwrap();
+    store
+        .settle_statuses(
+            &[pending[0].id, pending[1].id],
+            OutboxOutcome::Coalesced,
+            None,
+            gantry_core::now(),
+        )
+        .await
+        .unwrap();
+    let pending = store.pending_statuses(100).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].attempts, 1);
+    assert_eq!(pending[0].last_error.as_deref(), Some("502 bad gateway"));
+    assert_eq!(
+        pending[0].next_attempt_at.timestamp_micros(),
+        later.timestamp_micros()
+    );
+    store
+        .settle_statuses(
+            &[pending[0].id],
+            OutboxOutcome::Delivered,
+            None,
+            gantry_core::now(),
+        )
+        .await
+        .unwrap();
+    let all = store.statuses(Some("abc")).await.unwrap();
+    let outcomes: Vec<_> = all.iter().map(|e| e.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Some(OutboxOutcome::Coalesced),
+            Some(OutboxOutcome::Coalesced),
+            Some(OutboxOutcome::Delivered)
+        ]
+    );
+    assert!(all[2].delivered_at.is_some());
+    assert!(all[0].delivered_at.is_none());
+    assert_eq!(
+        store
+            .count_statuses(OutboxOutcome::Coalesced)
+            .await
+            .unwrap(),
+        [(ForgeKind::Github, 2)]
+    );
+}
+
+async fn deliveries_are_deduplicated_by_forge_and_id(db: TestDb) {
+    let store = &db.store;
+    let d = NewDelivery {
+        forge: ForgeKind::Github,
+        delivery_id: "72d3162e-cc78-11e3-81ab-4c9367dc0958".into(),
+        event: "push".into(),
+        received_at: gantry_core::now(),
+        payload: r#"{"ref":"refs/heads/main"}"#.into(),
+    };
+    assert!(store.insert_delivery(&d).await.unwrap());
+    assert!(
+        !store.insert_delivery(&d).await.unwrap(),
+        "a redelivery is recognised"
+    );
+    let gitea = NewDelivery {
+        forge: ForgeKind::Gitea,
+        ..d.clone()
+    };
+    assert!(
+        store.insert_delivery(&gitea).await.unwrap(),
+        "ids are per forge"
+    );
+    assert_eq!(store.unplanned_deliveries().await.unwrap().len(), 2);
+    let runs = [RunId::new(), RunId::new()];
+    store
+        .set_delivery_outcome(
+            ForgeKind::Github,
+            &d.delivery_id,
+            DeliveryState::Planned,
+            None,
+            &runs,
+        )
+        .await
+        .unwrap();
+    let got = store
+        .get_delivery(ForgeKind::Github, &d.delivery_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.state, DeliveryState::Planned);
+    assert_eq!(got.run_ids, runs);
+    assert_eq!(got.payload, d.payload);
+    assert_eq!(store.unplanned_deliveries().await.unwrap().len(), 1);
+}
+
+async fn runs_are_listed_by_filter_newest_first_in_pages(db: TestDb) {
+    let store = &db.store;
+    let mut ids = Vec::new();
+    for (name, branch) in [
+        ("acme/app", "main"),
+        ("acme/app", "dev"),
+        ("acme/lib", "main"),
+        ("acme/app", "main"),
+    ] {
+        let r = run(trigger(name, branch));
+        ids.push(r.run.id);
+        insert(store, &r, &[]).await;
+    }
+    let mut tx = store.begin().await.unwrap();
+    tx.set_run_state(ids[0], State::Success, None, gantry_core::now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let list = |f: RunFilter, p: Page| async move {
+        store
+            .list_runs(&f, p)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.run.id)
+            .collect::<Vec<_>>()
+    };
+    let all = list(RunFilter::default(), Page::default()).await;
+    assert_eq!(all, [ids[3], ids[2], ids[1], ids[0]]);
+    let app_main = RunFilter {
+        repo: Some("acme/app".into()),
+        branch: Some("main".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        list(app_main.clone(), Page::default()).await,
+        [ids[3], ids[0]]
+    );
+    let active = RunFilter {
+        states: vec![State::Queued, State::Running],
+        ..app_main
+    };
+    assert_eq!(list(active, Page::default()).await, [ids[3]]);
+    let first = list(
+        RunFilter::default(),
+        Page {
+            limit: 2,
+            before: None,
+        },
+    )
+    .await;
+    assert_eq!(first, [ids[3], ids[2]]);
+    let second = list(
+        RunFilter::default(),
+        Page {
+            limit: 2,
+            before: Some(ids[2]),
+        },
+    )
+    .await;
+    assert_eq!(second, [ids[1], ids[0]]);
+    assert!(
+        store
+            .list_runs(&RunFilter::default(), Page::default())
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.run.jobs.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn sqlite_creates_its_file_and_directory_and_uses_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new/dir/gantry.db");
+    let store = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    assert!(path.exists());
+    let mut tx = store.begin().await.unwrap();
+    tx.push_status(
+        &repo("acme/app"),
+        &status("abc", "gantry/ci", CommitState::Pending),
+        gantry_core::now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(dir.path().join("new/dir/gantry.db-wal").exists());
+}
+
+#[tokio::test]
+async fn unknown_database_urls_are_refused() {
+    let err = Store::open("mysql://localhost/gantry").await.unwrap_err();
+    assert!(err.to_string().contains("use sqlite://PATH or postgres://"));
+}
+
+#[test]
+fn the_postgres_half_needs_a_server_url_and_says_how_to_get_one() {
+    // Only meaningful when it is unset; otherwise the URL is returned.
+    if std::env::var("GANTRY_TEST_DATABASE_URL").is_err() {
+        let err = std::panic::catch_unwind(support::pg_server_url).unwrap_err();
+        let message = err.downcast_ref::<String>().unwrap();
+        assert!(message.contains("./dev test"), "{message}");
+    }
+}
