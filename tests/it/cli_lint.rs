@@ -8,7 +8,13 @@ fn every_example_pipeline_lints_clean() {
     assert_eq!(ran.code, Some(0), "{}", ran.all());
     let count = std::fs::read_dir(workspace().join("pipelines"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "yaml")
+        })
         .count();
     assert!(count >= 5, "expected the example pipelines in pipelines/");
     assert_eq!(ran.stdout.matches(": ok").count(), count, "{}", ran.all());
@@ -21,7 +27,10 @@ fn lint_reports_each_error_with_file_line_and_column_and_fails() {
         "bad.yaml",
         "jobs:\n  a:\n    needs: [b]\n    steps:\n      - run: echo a\n  b:\n    needs: [a]\n    steps:\n      - run: echo b\n",
     );
-    repo.write("good.yaml", "jobs:\n  a:\n    steps:\n      - run: echo a\n");
+    repo.write(
+        "good.yaml",
+        "jobs:\n  a:\n    steps:\n      - run: echo a\n",
+    );
     let ran = run(gantry(repo.path(), &["lint", "good.yaml", "bad.yaml"]));
     assert_eq!(ran.code, Some(1), "{}", ran.all());
     assert!(ran.stdout.contains("good.yaml: ok"), "{}", ran.all());

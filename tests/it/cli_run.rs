@@ -128,9 +128,18 @@ fn runs_exactly_the_committed_commit() {
     let ran = run(gantry(repo.path(), &["run"]));
     assert_eq!(ran.code, Some(0), "{}", ran.all());
     assert!(ran.stdout.contains("│ committed"), "{}", ran.all());
-    assert!(ran.stderr.contains("uncommitted changes are not part of this run"), "{}", ran.all());
+    assert!(
+        ran.stderr
+            .contains("uncommitted changes are not part of this run"),
+        "{}",
+        ran.all()
+    );
     let ran = run(gantry(repo.path(), &["run", "--worktree"]));
-    assert!(ran.stdout.contains("│ edited but not committed"), "{}", ran.all());
+    assert!(
+        ran.stdout.contains("│ edited but not committed"),
+        "{}",
+        ran.all()
+    );
 }
 
 #[test]
@@ -178,8 +187,15 @@ jobs:
     .commit("pipeline");
     let ran = run(gantry(repo.path(), &["run"]));
     assert_eq!(ran.code, Some(2), "{}", ran.all());
-    assert!(ran.stderr.contains("GANTRY_SECRET_DEPLOY_TOKEN"), "{}", ran.all());
-    let ran = run(gantry(repo.path(), &["run", "--secret", "deploy-token=s3cr3t"]));
+    assert!(
+        ran.stderr.contains("GANTRY_SECRET_DEPLOY_TOKEN"),
+        "{}",
+        ran.all()
+    );
+    let ran = run(gantry(
+        repo.path(),
+        &["run", "--secret", "deploy-token=s3cr3t"],
+    ));
     assert_eq!(ran.code, Some(0), "{}", ran.all());
     assert!(ran.stdout.contains("│ token-ok"));
     let mut cmd = gantry(repo.path(), &["run"]);

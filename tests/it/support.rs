@@ -28,7 +28,11 @@ pub fn gantry_bin() -> &'static Path {
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace().join("target"));
         let bin = target.join("debug").join("gantry");
-        assert!(bin.is_file(), "the gantry binary is not at {}", bin.display());
+        assert!(
+            bin.is_file(),
+            "the gantry binary is not at {}",
+            bin.display()
+        );
         bin
     })
 }
@@ -63,7 +67,11 @@ impl Ran {
 
 pub fn run(mut cmd: Command) -> Ran {
     let started = Instant::now();
-    let Output { status, stdout, stderr } = cmd.output().expect("cannot start gantry");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("cannot start gantry");
     Ran {
         code: status.code(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),

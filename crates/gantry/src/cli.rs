@@ -1,4 +1,3 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -83,9 +82,6 @@ fn init_tracing(filter: &str) {
         .with_writer(std::io::stderr)
         .init();
 }
-
-/// A pipeline file given on the command line, or found in the repository.
-pub type PipelinePath = PathBuf;
 
 #[cfg(test)]
 mod tests {

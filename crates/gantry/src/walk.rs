@@ -255,11 +255,11 @@ mod tests {
         }
     }
 
-    fn walk(
+    fn walk<'a>(
         backend: &FakeBackend,
         cancel: watch::Receiver<bool>,
-        secrets: &BTreeMap<String, Secret>,
-    ) -> Walk<'_> {
+        secrets: &'a BTreeMap<String, Secret>,
+    ) -> Walk<'a> {
         let repo = RepoRef {
             forge: ForgeKind::Local,
             full_name: "local/app".into(),
