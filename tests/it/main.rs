@@ -2,4 +2,5 @@
 
 mod cli_lint;
 mod cli_run;
+mod examples;
 mod support;
