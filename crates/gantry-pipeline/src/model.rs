@@ -21,6 +21,7 @@ pub(crate) type Env = SpMap<Sp<Scalar>>;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a pipeline (a mapping with `jobs`)")]
 #[schemars(title = "Gantry pipeline")]
+#[schemars(rename = "Pipeline")]
 pub(crate) struct PipelineFile {
     /// The pipeline's name, shown in the web viewer and in commit statuses. Default: the file
     /// name without its extension (`.gantry/release.yaml` is `release`).
@@ -61,6 +62,7 @@ pub(crate) struct On {
     deny_unknown_fields,
     expecting = "push filters (`branches`, `tags`, `paths`, `paths_ignore`)"
 )]
+#[schemars(rename = "PushFilters")]
 pub(crate) struct PushOn {
     /// Branch globs (`main`, `release/*`). `*` stops at `/`, `**` does not.
     pub branches: Option<Patterns>,
@@ -79,6 +81,7 @@ pub(crate) struct PushOn {
     deny_unknown_fields,
     expecting = "pull request filters (`branches`, `paths`, `paths_ignore`)"
 )]
+#[schemars(rename = "PullRequestFilters")]
 pub(crate) struct PullRequestOn {
     /// Globs of the branch the pull request targets (its base).
     pub branches: Option<Patterns>,
@@ -91,6 +94,7 @@ pub(crate) struct PullRequestOn {
 /// Tag filters. Without `tags`, any pushed tag matches.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "tag filters (`tags`)")]
+#[schemars(rename = "TagFilters")]
 pub(crate) struct TagOn {
     /// Tag globs (`v*`).
     pub tags: Option<Patterns>,
@@ -99,6 +103,7 @@ pub(crate) struct TagOn {
 /// Manual runs have no filters: write `manual: {}`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "`{}` (manual runs take no options)")]
+#[schemars(rename = "Manual")]
 pub(crate) struct ManualOn {}
 
 /// One job: a container (`image`) in which `steps` run in order. Each job runs in its own Pod.
@@ -107,6 +112,7 @@ pub(crate) struct ManualOn {}
     deny_unknown_fields,
     expecting = "a job (a mapping with `steps` and keys like `image`)"
 )]
+#[schemars(rename = "Job")]
 pub(crate) struct JobDef {
     /// The container image the steps run in (`rust:1.95`). May use `${VARIABLES}`.
     pub image: Option<Sp<String>>,
@@ -219,6 +225,7 @@ impl JsonSchema for Matrix {
 /// A service container.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a service (a mapping with `image`)")]
+#[schemars(rename = "Service")]
 pub(crate) struct ServiceDef {
     /// The service's image (`postgres:16`). May use `${VARIABLES}`.
     pub image: Option<Sp<String>>,
@@ -244,6 +251,7 @@ pub(crate) enum SecretDef {
 /// A Secret key exposed as an environment variable.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a secret (`{secret, key, env}`)")]
+#[schemars(rename = "SecretMapping")]
 pub(crate) struct SecretFull {
     /// The Kubernetes Secret's name.
     pub secret: Sp<String>,
@@ -292,6 +300,7 @@ impl JsonSchema for SecretDef {
     deny_unknown_fields,
     expecting = "resources (`cpu`, `memory`, `ephemeral_storage`)"
 )]
+#[schemars(rename = "Resources")]
 pub(crate) struct ResourcesDef {
     /// CPU: `2`, `500m`.
     pub cpu: Option<Sp<Scalar>>,
@@ -307,6 +316,7 @@ pub(crate) struct ResourcesDef {
     deny_unknown_fields,
     expecting = "a toleration (`key`, `operator`, `value`, `effect`)"
 )]
+#[schemars(rename = "Toleration")]
 pub(crate) struct TolerationDef {
     pub key: Option<String>,
     pub operator: Option<Sp<TolerationOperator>>,
@@ -349,6 +359,7 @@ pub(crate) struct When {
 /// An event that can start a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "Event")]
 pub(crate) enum EventName {
     Push,
     PullRequest,
@@ -371,6 +382,7 @@ impl From<EventName> for gantry_core::Event {
 /// `always`: whatever happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "Status")]
 pub(crate) enum StatusName {
     Success,
     Failure,
@@ -399,6 +411,7 @@ impl From<StatusName> for gantry_core::StatusCondition {
     { "required": ["trivy"] },
     { "required": ["gitops"] }
 ]))]
+#[schemars(rename = "Step")]
 pub(crate) struct StepDef {
     /// The step's name in logs and the viewer. Default: derived from what it does. May use
     /// `${VARIABLES}`.
@@ -431,6 +444,7 @@ pub(crate) struct StepDef {
     deny_unknown_fields,
     expecting = "kaniko options (a mapping with `destination`)"
 )]
+#[schemars(rename = "Kaniko")]
 pub(crate) struct KanikoDef {
     /// Build context, relative to the workspace. Default `.`.
     pub context: Option<Sp<String>>,
@@ -458,6 +472,7 @@ pub(crate) struct KanikoDef {
     deny_unknown_fields,
     expecting = "trivy options (a mapping with `image`)"
 )]
+#[schemars(rename = "Trivy")]
 pub(crate) struct TrivyDef {
     /// The image to scan.
     pub image: Option<Sp<String>>,
@@ -473,6 +488,7 @@ pub(crate) struct TrivyDef {
 /// A vulnerability severity, as Trivy names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schemars(rename = "Severity")]
 pub(crate) enum SeverityName {
     Unknown,
     Low,
@@ -499,6 +515,7 @@ impl From<SeverityName> for gantry_core::Severity {
     deny_unknown_fields,
     expecting = "gitops options (a mapping with `repo`, `path`, `image`)"
 )]
+#[schemars(rename = "Gitops")]
 pub(crate) struct GitopsDef {
     /// The configuration repository's clone URL.
     pub repo: Option<Sp<String>>,
