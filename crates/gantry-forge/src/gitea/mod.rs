@@ -1,0 +1,6 @@
+//! Gitea and Forgejo: webhooks (`X-Gitea-Signature` / `X-Forgejo-Signature`), the REST API
+//! (v1) for files and commit statuses.
+
+mod webhook;
+
+pub use webhook::{DELIVERY_HEADERS, EVENT_HEADERS, SIGNATURE_HEADERS, delivery_id, receive};

@@ -1,0 +1,7 @@
+//! gantry-forge's integration tests: one binary, one module per subject.
+
+mod gitea_webhooks;
+mod github_webhooks;
+mod gitlab_webhooks;
+mod never_panics;
+mod support;
