@@ -9,6 +9,8 @@
 //! - **git fallback**: [`GitReader`] reads files at a commit through a shallow fetch, for
 //!   repositories Gantry has no API access to.
 
+mod api;
+mod git;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;
@@ -16,6 +18,11 @@ mod secret;
 mod verify;
 mod webhook;
 
+pub use api::{ConfigError, DEFAULT_TIMEOUT};
+pub use git::{DEFAULT_GIT_TIMEOUT, GitReader};
+pub use gitea::GiteaClient;
+pub use github::{GithubApp, GithubAuth, GithubClient};
+pub use gitlab::GitlabClient;
 pub use secret::{Token, WebhookSecret, WebhookSecrets};
 pub use verify::{VerifyError, hmac_sha256_hex_of};
 pub use webhook::{

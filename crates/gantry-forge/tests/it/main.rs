@@ -1,7 +1,9 @@
 //! gantry-forge's integration tests: one binary, one module per subject.
 
+mod clients;
 mod gitea_webhooks;
 mod github_webhooks;
 mod gitlab_webhooks;
+mod mock;
 mod never_panics;
 mod support;
