@@ -137,9 +137,9 @@ fn humanize(d: Duration) -> String {
     let s = d.as_secs();
     if d.subsec_millis() != 0 || s == 0 {
         format!("{}ms", d.as_millis())
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -743,6 +743,10 @@ impl Inner {
         let run = tx.get_run(id).await?.ok_or(Error::NoSuchRun(id))?;
         if run.run.state.is_final() {
             return Ok(false);
+        }
+        if run.cancel_requested {
+            // Already on its way out; the first reason stands.
+            return Ok(true);
         }
         tx.request_run_cancel(id, reason).await?;
         let mut to_cancel = Vec::new();

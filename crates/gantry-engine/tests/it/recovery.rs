@@ -1,1 +1,170 @@
-//! tbd
+//! Crash recovery: a new engine on the same database finishes what the old one left.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gantry_core::fake::FakeForge;
+use gantry_core::{
+    BackendError, CommitState, EventSender, ForgeKind, JobEvent, JobEventKind, JobRequest, State,
+};
+use gantry_engine::{EngineConfig, RESTART_REASON, Reattach};
+use gantry_store::OutboxOutcome;
+
+use crate::support::{Harness, LONG, attempts, config, job, pipeline, push, sha};
+
+#[tokio::test]
+async fn after_a_crash_every_run_reaches_a_true_final_state_and_no_status_is_lost() {
+    let limited = EngineConfig {
+        max_running_jobs: 2,
+        ..config()
+    };
+    let h = Harness::with(limited.clone()).await;
+    h.script("stuck", 0, 0, LONG);
+    h.script("flaky", 0, 0, LONG);
+    h.script("build", 0, 0, LONG);
+    let stuck = h.submit(&pipeline(&[("stuck", &[])])).await;
+    let flaky = h
+        .submit("jobs:\n  flaky:\n    retry: 1\n    steps: [{ run: x }]\n")
+        .await;
+    // Queued behind the limit when the crash comes.
+    let waiting = h
+        .submit_for(
+            push("acme/lib", "main", &sha()),
+            &pipeline(&[("build", &[]), ("test", &["build"])]),
+        )
+        .await;
+    h.wait_job_state(stuck, "stuck", State::Running).await;
+    h.wait_job_state(flaky, "flaky", State::Running).await;
+    assert_eq!(h.run(waiting).await.run.state, State::Queued);
+
+    h.engine.abort();
+
+    // The new process: its backend knows nothing of the old jobs and runs everything at once.
+    let forge = FakeForge::new(ForgeKind::Github);
+    let after = Harness::open(h.dir.clone(), h.url.clone(), forge, limited, None).await;
+    after.engine.start().await.unwrap();
+
+    let stuck_run = after.wait_final(stuck).await;
+    assert_eq!(stuck_run.run.state, State::Error);
+    assert_eq!(
+        job(&stuck_run, "stuck").reason.as_deref(),
+        Some(RESTART_REASON)
+    );
+
+    let flaky_run = after.wait_final(flaky).await;
+    let tries: Vec<_> = attempts(&flaky_run, "flaky")
+        .iter()
+        .map(|j| (j.attempt, j.state))
+        .collect();
+    assert_eq!(
+        tries,
+        [(1, State::Error), (2, State::Success)],
+        "retried after the restart"
+    );
+    assert_eq!(flaky_run.run.state, State::Success);
+
+    let waiting_run = after.wait_final(waiting).await;
+    assert_eq!(waiting_run.run.state, State::Success);
+    assert_eq!(job(&waiting_run, "test").state, State::Success);
+
+    // Every status written was settled: delivered, or coalesced into a newer one that was.
+    let entries = after.settled_statuses().await;
+    assert!(
+        entries.iter().all(|e| matches!(
+            e.outcome,
+            Some(OutboxOutcome::Delivered | OutboxOutcome::Coalesced)
+        )),
+        "{entries:#?}"
+    );
+    // And the last word on every context is the final state, delivered.
+    let mut sent = h.forge.statuses();
+    sent.extend(after.forge.statuses());
+    for (run, want) in [
+        (&stuck_run, CommitState::Error),
+        (&flaky_run, CommitState::Success),
+        (&waiting_run, CommitState::Success),
+    ] {
+        let last = sent
+            .iter()
+            .rev()
+            .find(|(_, s)| s.sha == run.run.trigger.sha && s.context == "gantry/gantry")
+            .unwrap();
+        assert_eq!(last.1.state, want);
+    }
+}
+
+/// A backend that finds every attempt still there and lets it succeed.
+struct StillThere;
+
+#[async_trait]
+impl Reattach for StillThere {
+    async fn reattach(&self, job: JobRequest, events: EventSender) -> Result<bool, BackendError> {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for kind in [
+                JobEventKind::StepFinished {
+                    step: 0,
+                    outcome: gantry_core::StepOutcome {
+                        state: State::Success,
+                        exit_code: Some(0),
+                        reason: None,
+                    },
+                },
+                JobEventKind::Finished {
+                    state: State::Success,
+                    reason: None,
+                },
+            ] {
+                let _ = events
+                    .send(JobEvent {
+                        job_id: job.job_id,
+                        attempt: job.attempt,
+                        at: gantry_core::now(),
+                        kind,
+                    })
+                    .await;
+            }
+        });
+        Ok(true)
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_can_reattach_keeps_its_jobs_across_a_restart() {
+    let h = Harness::new().await;
+    h.script("build", 0, 0, LONG);
+    let id = h.submit(&pipeline(&[("build", &[])])).await;
+    h.wait_job_state(id, "build", State::Running).await;
+    h.engine.shutdown().await;
+
+    let after = Harness::open(
+        h.dir.clone(),
+        h.url.clone(),
+        FakeForge::new(ForgeKind::Github),
+        config(),
+        Some(Arc::new(StillThere)),
+    )
+    .await;
+    after.engine.start().await.unwrap();
+    let run = after.wait_final(id).await;
+    assert_eq!(run.run.state, State::Success);
+    assert_eq!(attempts(&run, "build").len(), 1, "no error, no new attempt");
+    assert_eq!(job(&run, "build").steps[0].state, State::Success);
+    assert!(after.backend.started().is_empty());
+}
+
+#[tokio::test]
+async fn a_stopped_engine_accepts_no_work() {
+    let h = Harness::new().await;
+    h.engine.shutdown().await;
+    let err = h
+        .engine
+        .submit(
+            push("acme/app", "main", &sha()),
+            vec![(".gantry.yaml".into(), pipeline(&[("a", &[])]))],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, gantry_engine::Error::ShuttingDown));
+}
