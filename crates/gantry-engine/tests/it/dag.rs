@@ -321,3 +321,36 @@ async fn manual_triggers_run_pipelines_that_accept_them() {
     assert_eq!(run.run.state, State::Success);
     assert_eq!(run.run.trigger.event, gantry_core::Event::Manual);
 }
+
+#[tokio::test]
+async fn the_engine_runs_on_postgresql_too() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let url = crate::support::postgres_url().await;
+    let forge = gantry_core::fake::FakeForge::new(gantry_core::ForgeKind::Github);
+    let h = Harness::open(dir, url, forge, crate::support::config(), None).await;
+    h.engine.start().await.unwrap();
+    h.script("build", 0, 3, Duration::ZERO);
+    let yaml = "jobs:
+  build:
+    retry: 1
+    steps: [{ run: make }]
+  deploy:
+    needs: [build]
+    steps: [{ run: deploy }]
+  notify:
+    needs: [build]
+    when: { status: failure }
+    steps: [{ run: notify }]
+";
+    let id = h.submit(yaml).await;
+    let run = h.wait_final(id).await;
+    assert_eq!(attempts(&run, "build").len(), 2);
+    assert_eq!(job(&run, "deploy").state, State::Skipped);
+    assert_eq!(job(&run, "notify").state, State::Success);
+    assert_eq!(run.run.state, State::Failure);
+    let statuses = h.settled_statuses().await;
+    assert!(statuses.iter().all(|e| e.outcome.is_some()));
+    h.script("build", 0, 0, Duration::ZERO);
+    assert!(h.engine.retry_run(id).await.unwrap());
+    assert_eq!(h.wait_final(id).await.run.state, State::Success);
+}
