@@ -31,10 +31,17 @@ pub enum ConfigError {
     Http(#[source] reqwest::Error),
 }
 
-pub(crate) fn http_client() -> Result<reqwest::Client, ConfigError> {
-    // reqwest is built without a bundled crypto provider; ring is the one this workspace uses.
-    // Installing it fails harmlessly when a provider is already installed.
+/// Makes ring the process's TLS crypto provider unless one is installed already. The
+/// workspace builds reqwest without a bundled provider (`rustls-no-provider`: no aws-lc C
+/// build), so any reqwest client — not only this crate's, which call this themselves — must be
+/// built after this ran, or reqwest panics.
+pub fn install_crypto_provider() {
+    // Fails harmlessly when a provider is already installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub(crate) fn http_client() -> Result<reqwest::Client, ConfigError> {
+    install_crypto_provider();
     reqwest::Client::builder()
         .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(5))

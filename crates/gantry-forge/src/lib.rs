@@ -18,7 +18,7 @@ mod secret;
 mod verify;
 mod webhook;
 
-pub use api::{ConfigError, DEFAULT_TIMEOUT};
+pub use api::{ConfigError, DEFAULT_TIMEOUT, install_crypto_provider};
 pub use git::{DEFAULT_GIT_TIMEOUT, GitReader};
 pub use gitea::GiteaClient;
 pub use github::{GithubApp, GithubAuth, GithubClient};
