@@ -109,6 +109,11 @@ fn valid_name(name: &str) -> bool {
     }
 }
 
+/// Bytes up to the next character (text is walked byte-wise, but only sliced at characters).
+fn next_char_len(text: &str, i: usize) -> usize {
+    text[i..].chars().next().map_or(1, char::len_utf8)
+}
+
 /// Splits text into literal pieces and `${NAME}` references; `$${` is a literal `${`.
 pub(crate) fn scan(text: &str) -> Result<Vec<Piece<'_>>, Malformed> {
     let mut pieces = Vec::new();
@@ -148,7 +153,7 @@ pub(crate) fn scan(text: &str) -> Result<Vec<Piece<'_>>, Malformed> {
             lit_start = i;
             continue;
         }
-        i += 1;
+        i += next_char_len(text, i);
     }
     if lit_start < text.len() {
         pieces.push(Piece::Text(&text[lit_start..]));
@@ -196,7 +201,7 @@ pub(crate) fn scan_script(text: &str) -> Vec<Piece<'_>> {
                 continue;
             }
         }
-        i += 1;
+        i += next_char_len(text, i);
     }
     if lit_start < text.len() {
         pieces.push(Piece::Text(&text[lit_start..]));
@@ -254,6 +259,13 @@ mod tests {
         assert!(scan("${a b}").is_err());
         assert!(scan("${matrix.}").is_err());
         assert!(scan("${}").is_err());
+    }
+
+    #[test]
+    fn non_ascii_text_is_walked_by_characters() {
+        // Found by the fuzzer: slicing inside a multi-byte character panicked.
+        assert_eq!(expand("ma\u{fffd}ke ${A} ü", &lookup), "ma\u{fffd}ke 1 ü");
+        assert_eq!(expand_script("é${matrix.os}ß", &lookup), "élinuxß");
     }
 
     #[test]

@@ -82,6 +82,23 @@ proptest! {
     }
 
     #[test]
+    fn arbitrary_text_in_interpolated_fields_never_panics(
+        script in any::<String>(),
+        value in any::<String>(),
+        name in any::<String>(),
+    ) {
+        // JSON strings are YAML double-quoted scalars.
+        let q = |s: &str| serde_json::to_string(s).unwrap();
+        let source = format!(
+            "env:\n  A: {}\njobs:\n  a:\n    image: {}\n    matrix: {{ k: [{}] }}\n    steps:\n      - name: {}\n        run: {}\n",
+            q(&value), q(&value), q(&value), q(&name), q(&script)
+        );
+        parse_and_plan(&source);
+        let with_vars = format!("{script}${{matrix.k}}{value}${{GANTRY_BRANCH}}");
+        parse_and_plan(&source.replace(&q(&script), &q(&with_vars)));
+    }
+
+    #[test]
     fn valid_pipelines_plan_in_topological_order(
         // For each job: which earlier jobs (by index) it needs, and whether it has a matrix.
         spec in prop::collection::vec((prop::collection::vec(any::<prop::sample::Index>(), 0..3), 0usize..3), 1..12),
