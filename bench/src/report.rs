@@ -60,18 +60,27 @@ fn main() -> anyhow::Result<()> {
     let mut rows = 0;
     for (prefix, title, measured, reference, reference_text) in SECTIONS {
         let _ = writeln!(md, "## {title}\n\nReference: {reference_text}.\n");
-        let _ = writeln!(md, "| case | {measured} | reference | ratio |\n|---|---:|---:|---:|");
+        let _ = writeln!(
+            md,
+            "| case | {measured} | reference | ratio |\n|---|---:|---:|---:|"
+        );
         // Criterion flattens `pipeline/x` into the directory `pipeline_x`.
         let dir_prefix = prefix.replace('/', "_");
         for group in groups.iter().filter(|g| g.starts_with(&dir_prefix)) {
             let base = criterion.join(group);
-            let measured_ns =
-                mean_ns(&base.join(measured)).or_else(|_| mean_ns(&base.join(measured.replace('+', "_"))));
+            let measured_ns = mean_ns(&base.join(measured))
+                .or_else(|_| mean_ns(&base.join(measured.replace('+', "_"))));
             let (Ok(m), Ok(r)) = (measured_ns, mean_ns(&base.join(reference))) else {
                 continue;
             };
             let case = &group[dir_prefix.len()..];
-            let _ = writeln!(md, "| {case} | {} | {} | {:.2}× |", human(m), human(r), m / r);
+            let _ = writeln!(
+                md,
+                "| {case} | {} | {} | {:.2}× |",
+                human(m),
+                human(r),
+                m / r
+            );
             rows += 1;
         }
         md.push('\n');

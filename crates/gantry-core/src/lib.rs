@@ -29,7 +29,7 @@ pub use spec::{
     GitopsStep, JobSpec, KanikoStep, Resources, SecretRef, ServiceSpec, Severity, StatusCondition,
     StepKind, StepSpec, Toleration, TrivyStep,
 };
-pub use state::{State, StepState};
+pub use state::{State, StepState, UnknownState};
 pub use status::{CommitState, CommitStatus};
 pub use trigger::{Event, ForgeKind, PullRequest, RepoRef, Trigger};
 

@@ -41,6 +41,8 @@ pub enum Command {
     Lint(commands::lint::LintArgs),
     /// Print the JSON Schema of the pipeline language (for editors).
     Schema,
+    /// Serve webhooks and the API, and run what they trigger.
+    Serve(Box<commands::serve::ServeArgs>),
 }
 
 impl Cli {
@@ -57,6 +59,9 @@ impl Cli {
             Command::Run(args) => runtime().and_then(|rt| rt.block_on(commands::run::run(args))),
             Command::Lint(args) => commands::lint::lint(args),
             Command::Schema => commands::schema::schema(),
+            Command::Serve(args) => {
+                runtime().and_then(|rt| rt.block_on(commands::serve::serve(*args)))
+            }
         };
         match result {
             Ok(code) => code,

@@ -1,6 +1,8 @@
 pub mod lint;
 pub mod run;
 pub mod schema;
+pub mod serve;
+pub mod serve_config;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,199 @@
+//! `/api/v1`: runs, jobs, deliveries; cancel and retry with a bearer token.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use gantry_core::{Event, ForgeKind, JobId, RunId, State as RunState};
+use gantry_store::{Page, RunFilter};
+use http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::views::RunView;
+use crate::{ApiError, AppState};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RunsQuery {
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    /// Comma-separated states.
+    pub status: Option<String>,
+    pub event: Option<String>,
+    pub pipeline: Option<String>,
+    pub limit: Option<u32>,
+    /// The last run id of the previous page.
+    pub before: Option<RunId>,
+}
+
+fn parse_states(list: &str) -> Result<Vec<RunState>, ApiError> {
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|e: gantry_core::UnknownState| ApiError::BadRequest(e.to_string()))
+        })
+        .collect()
+}
+
+fn parse_event(name: &str) -> Result<Event, ApiError> {
+    Event::ALL
+        .into_iter()
+        .find(|e| e.as_str() == name)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown event `{name}`: expected push, pull_request, tag or manual"
+            ))
+        })
+}
+
+pub async fn list_runs(
+    State(state): State<AppState>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = RunFilter {
+        repo: q.repository,
+        branch: q.branch,
+        pipeline: q.pipeline,
+        states: q
+            .status
+            .as_deref()
+            .map(parse_states)
+            .transpose()?
+            .unwrap_or_default(),
+        event: q.event.as_deref().map(parse_event).transpose()?,
+        ..RunFilter::default()
+    };
+    let page = Page {
+        limit: q.limit.unwrap_or(50).clamp(1, 500),
+        before: q.before,
+    };
+    let runs = state.engine.list_runs(&filter, page).await?;
+    let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
+    let next = (views.len() as u32 == page.limit)
+        .then(|| views.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(json!({ "runs": views, "next_before": next })))
+}
+
+pub async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
+    let id: RunId = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a run id")))?;
+    let record = state
+        .engine
+        .get_run(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run {id}")))?;
+    let mut view = RunView::from(&record);
+    for job in &mut view.jobs {
+        if job.status == RunState::Queued {
+            job.queue_position = state.engine.queue_position(job.id).await?;
+        }
+    }
+    Ok(Json(view))
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = state.api_token.as_deref() else {
+        return Err(ApiError::Unauthorized(
+            "this server has no API token configured (GANTRY_API_TOKEN): changes through the API are off".into(),
+        ));
+    };
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer <token>`".into()))?;
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("wrong token".into()))
+    }
+}
+
+fn run_id(id: &str) -> Result<RunId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a run id")))
+}
+
+fn job_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a job id")))
+}
+
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let cancelled = state.engine.cancel_run(run_id(&id)?).await?;
+    Ok(Json(json!({ "cancelled": cancelled })))
+}
+
+pub async fn retry_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let retried = state.engine.retry_run(run_id(&id)?).await?;
+    Ok(Json(json!({ "retried": retried })))
+}
+
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let cancelled = state.engine.cancel_job(job_id(&id)?).await?;
+    Ok(Json(json!({ "cancelled": cancelled })))
+}
+
+pub async fn retry_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    state.engine.retry_job(job_id(&id)?).await?;
+    Ok(Json(json!({ "retried": true })))
+}
+
+pub async fn get_delivery(
+    State(state): State<AppState>,
+    Path((forge, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = match forge.as_str() {
+        "github" => ForgeKind::Github,
+        "gitlab" => ForgeKind::Gitlab,
+        "gitea" | "forgejo" => ForgeKind::Gitea,
+        _ => return Err(ApiError::NotFound(format!("no forge `{forge}`"))),
+    };
+    let delivery = state
+        .engine
+        .store()
+        .get_delivery(kind, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no {forge} delivery `{id}`")))?;
+    Ok(Json(json!({
+        "forge": forge,
+        "delivery": delivery.delivery_id,
+        "event": delivery.event,
+        "received_at": delivery.received_at,
+        "state": delivery.state.as_str(),
+        "reason": delivery.reason,
+        "runs": delivery.run_ids,
+    })))
+}
+
+/// Ready when the database answers.
+pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.engine.store().schema_version().await?;
+    Ok("ready\n")
+}

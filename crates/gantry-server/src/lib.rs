@@ -1,0 +1,96 @@
+//! Gantry's HTTP side: webhook intake (`POST /hooks/{forge}`), the JSON API under `/api/v1`,
+//! and `/healthz` / `/readyz`.
+//!
+//! A webhook is verified over its raw body, parsed, stored durably and answered `202` — planning
+//! happens after the answer, in [`intake`], so a slow forge or cluster never makes a delivery
+//! time out. `fn app(state) -> Router` lets tests drive the whole router in process.
+
+mod api;
+mod error;
+mod hooks;
+pub mod intake;
+mod views;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use gantry_core::ForgeKind;
+use gantry_engine::Engine;
+use gantry_forge::WebhookSecrets;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use intake::PipelineSource;
+pub use views::{JobView, RunView, StepView};
+
+/// The largest webhook body accepted (GitHub caps payloads at 25 MB); larger ones get 413.
+pub const MAX_WEBHOOK_BODY: usize = 25 * 1024 * 1024;
+
+/// Everything the routes share.
+pub struct App {
+    pub engine: Engine,
+    /// Webhook secrets per forge; a forge without any refuses every delivery.
+    pub webhook_secrets: HashMap<ForgeKind, WebhookSecrets>,
+    /// How pipeline files are read at a commit, per forge.
+    pub sources: HashMap<ForgeKind, PipelineSource>,
+    /// The bearer token that state-changing API calls must carry. None: they are refused.
+    pub api_token: Option<String>,
+    /// The viewer's base URL, for links in API answers.
+    pub public_url: String,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("forges", &self.webhook_secrets.keys().collect::<Vec<_>>())
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The router's state: one shared [`App`].
+#[derive(Clone, Debug)]
+pub struct AppState(pub Arc<App>);
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// Every route, with the middleware: tracing, panics turned into 500s, a request timeout, and
+/// the webhook body limit.
+pub fn app(state: AppState) -> Router {
+    let hooks = Router::new()
+        .route("/hooks/{forge}", post(hooks::receive))
+        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY));
+    let api = Router::new()
+        .route("/api/v1/runs", get(api::list_runs))
+        .route("/api/v1/runs/{id}", get(api::get_run))
+        .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))
+        .route("/api/v1/runs/{id}/retry", post(api::retry_run))
+        .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/api/v1/jobs/{id}/retry", post(api::retry_job))
+        .route("/api/v1/deliveries/{forge}/{id}", get(api::get_delivery));
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(api::ready));
+    Router::new()
+        .merge(hooks)
+        .merge(api)
+        .merge(health)
+        .layer(TimeoutLayer::with_status_code(
+            http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,430 @@
+//! `gantry serve`: webhooks in, runs through the engine, statuses out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use gantry_core::{Backend, Forge, ForgeKind};
+use gantry_engine::{Engine, EngineConfig, FileLogSink, RepoSupersede};
+use gantry_forge::{
+    GitReader, GiteaClient, GithubApp, GithubAuth, GithubClient, GitlabClient, Token,
+    WebhookSecrets,
+};
+use gantry_local::{LocalBackend, LocalConfig};
+use gantry_server::{App, AppState, PipelineSource};
+
+use super::serve_config::{FileConfig, ForgeFile, ReadFiles};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "GANTRY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Where Gantry keeps its database (SQLite), logs and caches. Created on first start.
+    #[arg(long, env = "GANTRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `postgres://…` to use PostgreSQL instead of SQLite in the data directory.
+    #[arg(long, env = "GANTRY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// A TOML configuration file (forges, repositories, limits); flags and environment
+    /// variables override it.
+    #[arg(long, env = "GANTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The URL users reach Gantry at; commit statuses link there. Default: http://LISTEN.
+    #[arg(long, env = "GANTRY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Bearer token required by state-changing API calls (cancel, retry). Unset: they are off.
+    #[arg(long, env = "GANTRY_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// At most this many jobs run at once.
+    #[arg(long, env = "GANTRY_MAX_RUNNING_JOBS")]
+    pub max_running_jobs: Option<usize>,
+    /// At most this many jobs of one repository run at once.
+    #[arg(long, env = "GANTRY_MAX_RUNNING_PER_REPO")]
+    pub max_running_per_repo: Option<usize>,
+    #[command(flatten)]
+    pub github: GithubArgs,
+    #[command(flatten)]
+    pub gitlab: GitlabArgs,
+    #[command(flatten)]
+    pub gitea: GiteaArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GithubArgs {
+    /// Secret GitHub signs webhooks with (X-Hub-Signature-256).
+    #[arg(long, env = "GANTRY_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    pub github_webhook_secret: Option<String>,
+    /// GitHub's REST API.
+    #[arg(long, env = "GANTRY_GITHUB_API_URL")]
+    pub github_api_url: Option<String>,
+    /// Token for reading pipeline files and reporting commit statuses.
+    #[arg(long, env = "GANTRY_GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
+    /// GitHub App id (with --github-app-private-key-file: statuses and check runs as the App).
+    #[arg(long, env = "GANTRY_GITHUB_APP_ID")]
+    pub github_app_id: Option<u64>,
+    /// The GitHub App's private key (PEM).
+    #[arg(long, env = "GANTRY_GITHUB_APP_PRIVATE_KEY_FILE")]
+    pub github_app_private_key_file: Option<PathBuf>,
+    /// How pipeline files are read: through the API (needs a token or App) or git.
+    #[arg(long, env = "GANTRY_GITHUB_READ_FILES", value_enum)]
+    pub github_read_files: Option<ReadFiles>,
+}
+
+#[derive(Debug, Args)]
+pub struct GitlabArgs {
+    /// Token GitLab sends with webhooks (X-Gitlab-Token).
+    #[arg(long, env = "GANTRY_GITLAB_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub gitlab_webhook_token: Option<String>,
+    /// The GitLab instance.
+    #[arg(long, env = "GANTRY_GITLAB_URL")]
+    pub gitlab_url: Option<String>,
+    /// API token for reading pipeline files and reporting statuses.
+    #[arg(long, env = "GANTRY_GITLAB_TOKEN", hide_env_values = true)]
+    pub gitlab_token: Option<String>,
+    /// How pipeline files are read: through the API or git.
+    #[arg(long, env = "GANTRY_GITLAB_READ_FILES", value_enum)]
+    pub gitlab_read_files: Option<ReadFiles>,
+}
+
+#[derive(Debug, Args)]
+pub struct GiteaArgs {
+    /// Secret Gitea/Forgejo sign webhooks with.
+    #[arg(long, env = "GANTRY_GITEA_WEBHOOK_SECRET", hide_env_values = true)]
+    pub gitea_webhook_secret: Option<String>,
+    /// The Gitea or Forgejo instance.
+    #[arg(long, env = "GANTRY_GITEA_URL")]
+    pub gitea_url: Option<String>,
+    /// API token for reading pipeline files and reporting statuses.
+    #[arg(long, env = "GANTRY_GITEA_TOKEN", hide_env_values = true)]
+    pub gitea_token: Option<String>,
+    /// How pipeline files are read: through the API or git.
+    #[arg(long, env = "GANTRY_GITEA_READ_FILES", value_enum)]
+    pub gitea_read_files: Option<ReadFiles>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_GITHUB_API: &str = "https://api.github.com";
+
+/// The forge settings after flags, environment and file are merged.
+struct ForgeSettings {
+    webhook_secrets: WebhookSecrets,
+    url: Option<String>,
+    token: Option<String>,
+    read_files: Option<ReadFiles>,
+}
+
+fn merge_forge(
+    file: Option<&ForgeFile>,
+    secret: Option<String>,
+    url: Option<String>,
+    token: Option<String>,
+    read_files: Option<ReadFiles>,
+) -> ForgeSettings {
+    let mut secrets: Vec<String> = Vec::new();
+    if let Some(s) = secret {
+        secrets.push(s);
+    }
+    if let Some(f) = file {
+        secrets.extend(f.webhook_secrets.iter().cloned());
+    }
+    ForgeSettings {
+        webhook_secrets: WebhookSecrets::global(secrets),
+        url: url.or_else(|| file.and_then(|f| f.url.clone())),
+        token: token.or_else(|| file.and_then(|f| f.token.clone())),
+        read_files: read_files.or_else(|| file.and_then(|f| f.read_files)),
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    gantry_forge::install_crypto_provider();
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let listen: SocketAddr = match args.listen.or(file.listen) {
+        Some(addr) => addr,
+        None => DEFAULT_LISTEN.parse()?,
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("gantry-data"));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+    let database_url = args
+        .database_url
+        .clone()
+        .or_else(|| file.database_url.clone())
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("gantry.db").display()));
+    let public_url = args
+        .public_url
+        .clone()
+        .or_else(|| file.public_url.clone())
+        .unwrap_or_else(|| format!("http://{listen}"))
+        .trim_end_matches('/')
+        .to_owned();
+
+    let store = gantry_store::Store::open(&database_url)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact_url(&database_url)))?;
+
+    let github = merge_forge(
+        file.github.as_ref(),
+        args.github.github_webhook_secret.clone(),
+        args.github.github_api_url.clone(),
+        args.github.github_token.clone(),
+        args.github.github_read_files,
+    );
+    let gitlab = merge_forge(
+        file.gitlab.as_ref(),
+        args.gitlab.gitlab_webhook_token.clone(),
+        args.gitlab.gitlab_url.clone(),
+        args.gitlab.gitlab_token.clone(),
+        args.gitlab.gitlab_read_files,
+    );
+    let gitea = merge_forge(
+        file.gitea.as_ref(),
+        args.gitea.gitea_webhook_secret.clone(),
+        args.gitea.gitea_url.clone(),
+        args.gitea.gitea_token.clone(),
+        args.gitea.gitea_read_files,
+    );
+
+    let git_reader = Arc::new(GitReader::new(data_dir.join("git-cache")));
+    let mut forges: Vec<Arc<dyn Forge>> = Vec::new();
+    let mut sources: HashMap<ForgeKind, PipelineSource> = HashMap::new();
+    let mut webhook_secrets: HashMap<ForgeKind, WebhookSecrets> = HashMap::new();
+    let mut notes: Vec<String> = Vec::new();
+
+    // GitHub: a token, or an App, or neither (then: webhooks and git only, no statuses).
+    let app_id = args
+        .github
+        .github_app_id
+        .or(file.github.as_ref().and_then(|g| g.app_id));
+    let key_file = args.github.github_app_private_key_file.clone().or_else(|| {
+        file.github
+            .as_ref()
+            .and_then(|g| g.app_private_key_file.clone())
+    });
+    let github_api = github
+        .url
+        .clone()
+        .unwrap_or_else(|| DEFAULT_GITHUB_API.into());
+    let github_auth = match (app_id, key_file, &github.token) {
+        (Some(id), Some(key), _) => {
+            let pem = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read the GitHub App key {}", key.display()))?;
+            Some(GithubAuth::App(GithubApp::new(id, &pem)?))
+        }
+        (Some(_), None, _) | (None, Some(_), _) => {
+            bail!(
+                "a GitHub App needs both GANTRY_GITHUB_APP_ID and GANTRY_GITHUB_APP_PRIVATE_KEY_FILE"
+            )
+        }
+        (None, None, Some(token)) => Some(GithubAuth::Token(Token::new(token.clone()))),
+        (None, None, None) => None,
+    };
+    let github_client: Option<Arc<dyn Forge>> = match github_auth {
+        Some(auth) => {
+            let is_app = matches!(auth, GithubAuth::App(_));
+            let client = GithubClient::new(&github_api, auth)?.with_check_runs(is_app);
+            Some(Arc::new(client))
+        }
+        None => None,
+    };
+    configure(
+        ForgeKind::Github,
+        github,
+        github_client,
+        &git_reader,
+        &mut forges,
+        &mut sources,
+        &mut webhook_secrets,
+        &mut notes,
+    );
+    let gitlab_client: Option<Arc<dyn Forge>> = match (&gitlab.url, &gitlab.token) {
+        (Some(url), token) => Some(Arc::new(GitlabClient::new(
+            url,
+            token.clone().map(Token::new),
+        )?)),
+        (None, Some(_)) => bail!("GANTRY_GITLAB_TOKEN is set but GANTRY_GITLAB_URL is not"),
+        (None, None) => None,
+    };
+    configure(
+        ForgeKind::Gitlab,
+        gitlab,
+        gitlab_client,
+        &git_reader,
+        &mut forges,
+        &mut sources,
+        &mut webhook_secrets,
+        &mut notes,
+    );
+    let gitea_client: Option<Arc<dyn Forge>> = match (&gitea.url, &gitea.token) {
+        (Some(url), token) => Some(Arc::new(GiteaClient::new(
+            url,
+            token.clone().map(Token::new),
+        )?)),
+        (None, Some(_)) => bail!("GANTRY_GITEA_TOKEN is set but GANTRY_GITEA_URL is not"),
+        (None, None) => None,
+    };
+    configure(
+        ForgeKind::Gitea,
+        gitea,
+        gitea_client,
+        &git_reader,
+        &mut forges,
+        &mut sources,
+        &mut webhook_secrets,
+        &mut notes,
+    );
+    for repo in &file.repositories {
+        let secrets = webhook_secrets.entry(repo.forge).or_default();
+        for secret in &repo.webhook_secrets {
+            *secrets = std::mem::take(secrets).with_scoped(repo.name.clone(), secret.clone());
+        }
+    }
+
+    let mut config = EngineConfig {
+        public_url: Some(public_url.clone()),
+        ..EngineConfig::default()
+    };
+    if let Some(n) = args.max_running_jobs.or(file.max_running_jobs) {
+        config.max_running_jobs = n.max(1);
+    }
+    if let Some(n) = args.max_running_per_repo.or(file.max_running_per_repo) {
+        config.max_running_per_repo = n.max(1);
+    }
+    for repo in &file.repositories {
+        if repo.cancel_superseded.is_some() || repo.cancel_superseded_default_branch.is_some() {
+            config.supersede.repos.insert(
+                repo.name.clone(),
+                RepoSupersede {
+                    enabled: repo.cancel_superseded,
+                    default_branch: repo.cancel_superseded_default_branch,
+                },
+            );
+        }
+    }
+
+    let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(LocalConfig {
+        work_root: Some(data_dir.join("work")),
+        ..LocalConfig::default()
+    }));
+    std::fs::create_dir_all(data_dir.join("work"))?;
+    let logs = Arc::new(FileLogSink::new(data_dir.join("logs")));
+    let engine = Engine::new(store, backend, forges, logs, config);
+    engine.start().await.context("cannot start the engine")?;
+
+    let state = AppState(Arc::new(App {
+        engine: engine.clone(),
+        webhook_secrets,
+        sources,
+        api_token: args.api_token.clone().or_else(|| file.api_token.clone()),
+        public_url: public_url.clone(),
+    }));
+    let recover = state.clone();
+    tokio::spawn(async move { gantry_server::intake::recover(&recover).await });
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    println!("Gantry is listening on http://{local}");
+    println!("  webhooks:  {public_url}/hooks/github · /hooks/gitlab · /hooks/gitea");
+    println!("  API:       {public_url}/api/v1/runs");
+    println!(
+        "  data:      {} ({})",
+        data_dir.display(),
+        redact_url(&database_url)
+    );
+    println!("  backend:   local processes (no Kubernetes cluster configured)");
+    for note in &notes {
+        println!("  note:      {note}");
+    }
+
+    let shutdown = engine.shutdown_token();
+    let server = axum::serve(listener, gantry_server::app(state)).with_graceful_shutdown({
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    });
+    server.await.context("the HTTP server failed")?;
+    eprintln!("gantry: shutting down: finishing writes");
+    engine.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn configure(
+    kind: ForgeKind,
+    settings: ForgeSettings,
+    client: Option<Arc<dyn Forge>>,
+    git_reader: &Arc<GitReader>,
+    forges: &mut Vec<Arc<dyn Forge>>,
+    sources: &mut HashMap<ForgeKind, PipelineSource>,
+    webhook_secrets: &mut HashMap<ForgeKind, WebhookSecrets>,
+    notes: &mut Vec<String>,
+) {
+    let has_token = settings.token.is_some() || kind == ForgeKind::Github && client.is_some();
+    let read_api = match settings.read_files {
+        Some(ReadFiles::Api) => true,
+        Some(ReadFiles::Git) => false,
+        None => has_token,
+    };
+    let source = match (&client, read_api) {
+        (Some(client), true) => PipelineSource::Api(client.clone()),
+        _ => PipelineSource::Git(git_reader.clone()),
+    };
+    if settings.webhook_secrets.is_empty() {
+        notes.push(format!(
+            "{kind}: no webhook secret configured: /hooks/{kind} refuses deliveries"
+        ));
+    }
+    match &client {
+        Some(client) if has_token => forges.push(client.clone()),
+        _ => notes.push(format!(
+            "{kind}: no API token: commit statuses are not reported"
+        )),
+    }
+    sources.insert(kind, source);
+    webhook_secrets.insert(kind, settings.webhook_secrets);
+}
+
+/// The URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail at start");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
