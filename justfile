@@ -36,8 +36,13 @@ fmt-check:
 clippy:
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# Every test of every crate (unit, integration, system).
+# Every test of every crate (unit, integration, system), with a throwaway PostgreSQL server.
 test-all:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    pg=$(mktemp -d -t gantry-pg.XXXXXX)
+    export GANTRY_TEST_DATABASE_URL=$(scripts/pg-test-server start "$pg")
+    trap 'scripts/pg-test-server stop "$pg"' EXIT
     cargo test --workspace --locked --no-fail-fast
 
 # Regenerate committed generated files (the pipeline JSON Schema).

@@ -3,4 +3,6 @@
 mod cli_lint;
 mod cli_run;
 mod examples;
+mod serve;
+mod server;
 mod support;

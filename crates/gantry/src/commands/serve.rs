@@ -164,11 +164,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| file.database_url.clone())
         .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("gantry.db").display()));
+    // Bound first, so that with port 0 the links in statuses name the real port.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
     let public_url = args
         .public_url
         .clone()
         .or_else(|| file.public_url.clone())
-        .unwrap_or_else(|| format!("http://{listen}"))
+        .unwrap_or_else(|| format!("http://{local}"))
         .trim_end_matches('/')
         .to_owned();
 
@@ -334,10 +339,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let recover = state.clone();
     tokio::spawn(async move { gantry_server::intake::recover(&recover).await });
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let local = listener.local_addr()?;
     println!("Gantry is listening on http://{local}");
     println!("  webhooks:  {public_url}/hooks/github · /hooks/gitlab · /hooks/gitea");
     println!("  API:       {public_url}/api/v1/runs");

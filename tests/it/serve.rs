@@ -1,0 +1,330 @@
+//! `gantry serve` end to end: a real git server on loopback, signed GitHub webhooks, the local
+//! backend, the store, and commit statuses arriving at a (fake) GitHub API.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::server::{
+    FakeGithub, Gantry, GitDaemon, client, eventually, files_containing, get_json, push_payload,
+    send_push,
+};
+use crate::support::Repo;
+
+const ZERO: &str = "0000000000000000000000000000000000000000";
+
+const TWO_JOBS: &str = r#"
+name: ci
+jobs:
+  build:
+    steps:
+      - name: compile
+        run: echo building-marker
+  test:
+    needs: [build]
+    steps:
+      - name: unit
+        run: echo testing-marker
+"#;
+
+fn repo_with(pipeline: &str) -> (Repo, String) {
+    let repo = Repo::new();
+    repo.write(".gantry.yaml", pipeline);
+    repo.write("README.md", "app\n");
+    let sha = repo.commit("pipeline");
+    (repo, sha)
+}
+
+async fn run_of(gantry: &Gantry, id: &str) -> Value {
+    get_json(&format!("{}/api/v1/runs/{id}", gantry.url)).await
+}
+
+/// Waits for the delivery to be planned and returns its runs.
+async fn runs_of_delivery(gantry: &Gantry, delivery: &str) -> Vec<String> {
+    eventually(
+        Duration::from_secs(60),
+        "the delivery to be planned",
+        || async {
+            let d = get_json(&format!(
+                "{}/api/v1/deliveries/github/{delivery}",
+                gantry.url
+            ))
+            .await;
+            (d["state"] != "received" && !d["state"].is_null()).then(|| {
+                d["runs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_owned())
+                    .collect()
+            })
+        },
+    )
+    .await
+}
+
+async fn final_run(gantry: &Gantry, id: &str) -> Value {
+    eventually(Duration::from_secs(90), "the run to finish", || async {
+        let run = run_of(gantry, id).await;
+        let done = ["success", "failure", "cancelled", "error"]
+            .contains(&run["status"].as_str().unwrap_or(""));
+        done.then_some(run)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_push_runs_the_pipeline_stores_logs_and_reports_statuses() {
+    let daemon = GitDaemon::start();
+    let (repo, sha) = repo_with(TWO_JOBS);
+    let url = daemon.publish(&repo, "app.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = Gantry::start(data.path(), &github.url, &[]);
+
+    let body = push_payload("app", &url, ZERO, &sha, &[".gantry.yaml"]);
+    let (status, answer) = send_push(&gantry, "delivery-1", &body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["status"], "accepted");
+
+    let runs = runs_of_delivery(&gantry, "delivery-1").await;
+    assert_eq!(runs.len(), 1, "one pipeline, one run");
+    let run = final_run(&gantry, &runs[0]).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(run["repository"], "acme/app");
+    assert_eq!(run["commit"], sha.as_str());
+    assert_eq!(run["ref"], "refs/heads/main");
+    assert_eq!(run["event"], "push");
+    let jobs = run["jobs"].as_array().unwrap();
+    let job = |name: &str| jobs.iter().find(|j| j["name"] == name).unwrap().clone();
+    let (build, test) = (job("build"), job("test"));
+    assert_eq!(build["status"], "success");
+    assert_eq!(test["status"], "success");
+    assert_eq!(build["steps"][0]["name"], "compile");
+    assert_eq!(build["steps"][0]["status"], "success");
+    assert!(
+        test["started_at"].as_str().unwrap() >= build["finished_at"].as_str().unwrap(),
+        "test needs build: it starts after build ends\n{run:#}"
+    );
+
+    // The logs are stored.
+    assert!(
+        !files_containing(data.path(), "building-marker").is_empty(),
+        "build's log is stored"
+    );
+    assert!(
+        !files_containing(data.path(), "testing-marker").is_empty(),
+        "test's log is stored"
+    );
+
+    // Statuses: pending first, success last, for the run and for each job, linking to Gantry.
+    eventually(Duration::from_secs(30), "the final statuses", || async {
+        let ok = ["gantry/ci", "gantry/ci/build", "gantry/ci/test"]
+            .iter()
+            .all(|c| {
+                let states = github.states(c);
+                states.first().map(String::as_str) == Some("pending")
+                    && states.last().map(String::as_str) == Some("success")
+            });
+        ok.then_some(())
+    })
+    .await;
+    let statuses = github.statuses();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s.sha == sha && s.repo == "acme/app")
+    );
+    assert!(
+        statuses.iter().all(|s| s
+            .target_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with(&gantry.url))),
+        "{statuses:?}"
+    );
+
+    // A redelivery starts nothing new and answers with the run.
+    let (status, answer) = send_push(&gantry, "delivery-1", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "duplicate");
+    assert_eq!(answer["runs"][0], runs[0].as_str());
+    let all = get_json(&format!("{}/api/v1/runs", gantry.url)).await;
+    assert_eq!(all["runs"].as_array().unwrap().len(), 1, "{all:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pipeline_ends_in_failure_and_says_so_to_the_forge() {
+    let daemon = GitDaemon::start();
+    let (repo, sha) = repo_with(
+        "name: ci\njobs:\n  test:\n    steps:\n      - name: broken\n        run: echo about-to-fail; exit 3\n",
+    );
+    let url = daemon.publish(&repo, "app.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = Gantry::start(data.path(), &github.url, &[]);
+    let (status, _) = send_push(
+        &gantry,
+        "d-fail",
+        &push_payload("app", &url, ZERO, &sha, &[]),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let runs = runs_of_delivery(&gantry, "d-fail").await;
+    let run = final_run(&gantry, &runs[0]).await;
+    assert_eq!(run["status"], "failure", "{run:#}");
+    assert_eq!(run["jobs"][0]["steps"][0]["exit_code"], 3);
+    eventually(Duration::from_secs(30), "the failure status", || async {
+        (github.states("gantry/ci").last().map(String::as_str) == Some("failure")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_without_a_pipeline_starts_nothing_and_the_api_says_why() {
+    let daemon = GitDaemon::start();
+    let repo = Repo::new();
+    repo.write("README.md", "no pipeline here\n");
+    let sha = repo.commit("plain");
+    let url = daemon.publish(&repo, "plain.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = Gantry::start(data.path(), &github.url, &[]);
+    let (status, _) = send_push(
+        &gantry,
+        "d-none",
+        &push_payload("plain", &url, ZERO, &sha, &[]),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let runs = runs_of_delivery(&gantry, "d-none").await;
+    assert!(runs.is_empty());
+    let d = get_json(&format!("{}/api/v1/deliveries/github/d-none", gantry.url)).await;
+    assert!(
+        d["reason"].as_str().unwrap().contains("no pipeline"),
+        "{d:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_malformed_webhooks_are_refused_without_a_run() {
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = Gantry::start(data.path(), &github.url, &[]);
+    let body = push_payload(
+        "app",
+        "git://127.0.0.1:1/app.git",
+        ZERO,
+        &"a".repeat(40),
+        &[],
+    );
+    let response = client()
+        .post(format!("{}/hooks/github", gantry.url))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "forged")
+        .header("x-hub-signature-256", format!("sha256={}", "0".repeat(64)))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let signature =
+        gantry_forge::hmac_sha256_hex_of(crate::server::WEBHOOK_SECRET.as_bytes(), b"{not json");
+    let response = client()
+        .post(format!("{}/hooks/github", gantry.url))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "malformed")
+        .header("x-hub-signature-256", format!("sha256={signature}"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let big = vec![b' '; 26 * 1024 * 1024];
+    let response = client()
+        .post(format!("{}/hooks/github", gantry.url))
+        .header("x-github-event", "push")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let all = get_json(&format!("{}/api/v1/runs", gantry.url)).await;
+    assert!(all["runs"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_run_reaches_a_true_final_state_after_a_hard_kill() {
+    let daemon = GitDaemon::start();
+    let (slow_repo, slow_sha) = repo_with(
+        "name: ci\njobs:\n  slow:\n    steps:\n      - name: sleep\n        run: echo started-sleeping; sleep 30\n",
+    );
+    let slow_url = daemon.publish(&slow_repo, "slow.git");
+    let (quick_repo, quick_sha) = repo_with(TWO_JOBS);
+    let quick_url = daemon.publish(&quick_repo, "quick.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    // One job at a time: the second run waits in the queue while the first one runs.
+    let limits = [("GANTRY_MAX_RUNNING_JOBS", "1")];
+    let gantry = Gantry::start(data.path(), &github.url, &limits);
+    send_push(
+        &gantry,
+        "d-slow",
+        &push_payload("slow", &slow_url, ZERO, &slow_sha, &[]),
+    )
+    .await;
+    let slow_run = runs_of_delivery(&gantry, "d-slow").await.remove(0);
+    eventually(Duration::from_secs(60), "the slow job to run", || async {
+        let run = run_of(&gantry, &slow_run).await;
+        (run["jobs"][0]["status"] == "running").then_some(())
+    })
+    .await;
+    send_push(
+        &gantry,
+        "d-quick",
+        &push_payload("quick", &quick_url, ZERO, &quick_sha, &[]),
+    )
+    .await;
+    let quick_run = runs_of_delivery(&gantry, "d-quick").await.remove(0);
+    let queued = run_of(&gantry, &quick_run).await;
+    assert_eq!(queued["jobs"][0]["status"], "queued", "{queued:#}");
+    assert_eq!(queued["jobs"][0]["queue_position"], 1, "{queued:#}");
+
+    gantry.kill_hard();
+    let gantry = Gantry::start(data.path(), &github.url, &limits);
+
+    let slow = final_run(&gantry, &slow_run).await;
+    assert_eq!(
+        slow["status"], "error",
+        "the local process died with the server: {slow:#}"
+    );
+    assert!(
+        slow["jobs"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("server stopped"),
+        "{slow:#}"
+    );
+    let quick = final_run(&gantry, &quick_run).await;
+    assert_eq!(quick["status"], "success", "{quick:#}");
+    // No status lost: the last one each context got is its final state.
+    eventually(
+        Duration::from_secs(30),
+        "the final statuses after the restart",
+        || async {
+            let slow_last = github
+                .statuses()
+                .into_iter()
+                .filter(|s| s.sha == slow_sha && s.context == "gantry/ci")
+                .last();
+            let quick_last = github
+                .statuses()
+                .into_iter()
+                .filter(|s| s.sha == quick_sha && s.context == "gantry/ci")
+                .last();
+            let ok = slow_last.is_some_and(|s| s.state == "error")
+                && quick_last.is_some_and(|s| s.state == "success");
+            ok.then_some(())
+        },
+    )
+    .await;
+}
