@@ -328,3 +328,101 @@ async fn every_run_reaches_a_true_final_state_after_a_hard_kill() {
     )
     .await;
 }
+
+fn auth(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    req.header("authorization", "Bearer it-api-token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_trigger_and_cancel_through_the_api_need_the_token() {
+    let daemon = GitDaemon::start();
+    let (repo, sha) =
+        repo_with("name: ci\njobs:\n  slow:\n    steps:\n      - run: echo started; sleep 30\n");
+    let url = daemon.publish(&repo, "app.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = Gantry::start(data.path(), &github.url, &[]);
+    let body = serde_json::json!({
+        "forge": "github", "repository": "acme/app", "clone_url": url, "ref": "main"
+    });
+    let trigger_url = format!("{}/api/v1/trigger", gantry.url);
+    let refused = client()
+        .post(&trigger_url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let created = auth(client().post(&trigger_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let created: Value = created.json().await.unwrap();
+    let run_id = created["runs"][0].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(60),
+        "the manual run to start",
+        || async {
+            let run = run_of(&gantry, &run_id).await;
+            (run["jobs"][0]["status"] == "running").then_some(())
+        },
+    )
+    .await;
+    let run = run_of(&gantry, &run_id).await;
+    assert_eq!(run["event"], "manual");
+    assert_eq!(run["commit"], sha.as_str());
+
+    let cancel_url = format!("{}/api/v1/runs/{run_id}/cancel", gantry.url);
+    let refused = client().post(&cancel_url).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let wrong = client()
+        .post(&cancel_url)
+        .header("authorization", "Bearer nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let cancelled = auth(client().post(&cancel_url)).send().await.unwrap();
+    assert_eq!(cancelled.status().as_u16(), 200);
+    let run = final_run(&gantry, &run_id).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_push_compares_commits_with_git_for_paths_filters() {
+    let daemon = GitDaemon::start();
+    let repo = Repo::new();
+    repo.write(
+        ".gantry.yaml",
+        "name: ci\non:\n  push: { paths: [\"src/**\"] }\njobs:\n  test:\n    steps:\n      - run: echo src-changed\n",
+    );
+    repo.write("README.md", "v1\n");
+    let first = repo.commit("first");
+    repo.write("README.md", "v2\n");
+    let docs_only = repo.commit("docs");
+    repo.write("src/lib.rs", "// code\n");
+    let code = repo.commit("code");
+    let url = daemon.publish(&repo, "app.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = Gantry::start(data.path(), &github.url, &[]);
+    // Forced pushes whose payloads list no commits: only git can tell what changed.
+    let forced = |before: &str, after: &str| {
+        let mut body: Value =
+            serde_json::from_str(&push_payload("app", &url, before, after, &[])).unwrap();
+        body["forced"] = Value::Bool(true);
+        body["commits"] = Value::Array(vec![]);
+        body.to_string()
+    };
+    send_push(&gantry, "d-docs", &forced(&first, &docs_only)).await;
+    assert!(
+        runs_of_delivery(&gantry, "d-docs").await.is_empty(),
+        "only README.md changed"
+    );
+    send_push(&gantry, "d-code", &forced(&docs_only, &code)).await;
+    let runs = runs_of_delivery(&gantry, "d-code").await;
+    assert_eq!(runs.len(), 1, "src/lib.rs changed");
+    assert_eq!(final_run(&gantry, &runs[0]).await["status"], "success");
+}

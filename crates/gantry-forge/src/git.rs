@@ -102,7 +102,79 @@ impl GitReader {
             .collect())
     }
 
-    /// Makes sure the cache repository for `repo` has commit `sha`, fetching it (depth 1) when
+    /// The commit a ref names on the server (`git ls-remote`), for a run started by hand. A
+    /// short name is tried as a branch, then as a tag.
+    pub async fn resolve_ref(
+        &self,
+        repo: &RepoRef,
+        git_ref: &str,
+    ) -> Result<(String, String), ForgeError> {
+        if repo.clone_url.starts_with('-') || git_ref.starts_with('-') {
+            return Err(api_error(repo, 400, "invalid clone URL or ref".to_owned()));
+        }
+        let candidates: Vec<String> = if git_ref.starts_with("refs/") {
+            vec![git_ref.to_owned()]
+        } else {
+            vec![
+                format!("refs/heads/{git_ref}"),
+                format!("refs/tags/{git_ref}"),
+            ]
+        };
+        let mut args = vec!["ls-remote", "--", repo.clone_url.as_str()];
+        args.extend(candidates.iter().map(String::as_str));
+        let cwd = std::env::temp_dir();
+        let out = self
+            .git(&cwd, &args)
+            .await
+            .map_err(|e| self.error(repo, e))?;
+        let text = String::from_utf8_lossy(&out);
+        for wanted in &candidates {
+            // Annotated tags list the tag object, then `^{}` with the commit it points at.
+            let peeled = format!("{wanted}^{{}}");
+            let line = text.lines().find(|l| l.ends_with(&peeled)).or_else(|| {
+                text.lines()
+                    .find(|l| l.split('\t').nth(1) == Some(wanted.as_str()))
+            });
+            if let Some(sha) = line.and_then(|l| l.split('\t').next()) {
+                return Ok((wanted.clone(), sha.to_owned()));
+            }
+        }
+        Err(api_error(
+            repo,
+            404,
+            format!("no ref `{git_ref}` in {}", redact(&repo.clone_url)),
+        ))
+    }
+
+    /// The paths that differ between two commits (`git diff --name-only before after`), for a
+    /// push whose payload did not list every changed path (a forced push, a truncated commit
+    /// list). Comparing two trees needs no history, so both commits are fetched at depth 1. A
+    /// `before` the server no longer has (force-pushed away) is an error: the caller then knows
+    /// the paths are unknown.
+    pub async fn changed_paths(
+        &self,
+        repo: &RepoRef,
+        before: &str,
+        after: &str,
+    ) -> Result<Vec<String>, ForgeError> {
+        let dir = self.fetch(repo, before).await?;
+        self.fetch(repo, after).await?;
+        let out = self
+            .git(
+                &dir,
+                &["diff", "--name-only", "-z", "--no-renames", before, after],
+            )
+            .await
+            .map_err(|e| self.error(repo, e))?;
+        let mut paths: Vec<String> = out
+            .split(|&b| b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        paths.sort();
+        Ok(paths)
+    }
+
     /// it does not.
     async fn fetch(&self, repo: &RepoRef, sha: &str) -> Result<PathBuf, ForgeError> {
         if !is_object_id(sha) {

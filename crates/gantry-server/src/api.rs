@@ -169,12 +169,7 @@ pub async fn get_delivery(
     State(state): State<AppState>,
     Path((forge, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let kind = match forge.as_str() {
-        "github" => ForgeKind::Github,
-        "gitlab" => ForgeKind::Gitlab,
-        "gitea" | "forgejo" => ForgeKind::Gitea,
-        _ => return Err(ApiError::NotFound(format!("no forge `{forge}`"))),
-    };
+    let kind = forge_kind(&forge)?;
     let delivery = state
         .engine
         .store()
@@ -196,4 +191,76 @@ pub async fn get_delivery(
 pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state.engine.store().schema_version().await?;
     Ok("ready\n")
+}
+
+/// `POST /api/v1/trigger`: a run started by hand for a repository ref.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRequest {
+    /// `github`, `gitlab` or `gitea`.
+    pub forge: String,
+    /// `owner/name`.
+    pub repository: String,
+    pub clone_url: String,
+    /// A branch, a tag, or a full ref (`refs/heads/main`).
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The commit to run; default: what the ref points at now.
+    pub sha: Option<String>,
+}
+
+pub async fn trigger(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<TriggerRequest>,
+) -> Result<(http::StatusCode, Json<Value>), ApiError> {
+    authorize(&state, &headers)?;
+    let forge = forge_kind(&req.forge)?;
+    let repo = gantry_core::RepoRef {
+        forge,
+        full_name: req.repository.clone(),
+        clone_url: req.clone_url.clone(),
+        web_url: None,
+        default_branch: None,
+    };
+    let (git_ref, sha) = match &req.sha {
+        Some(sha) => {
+            let full = if req.git_ref.starts_with("refs/") {
+                req.git_ref.clone()
+            } else {
+                format!("refs/heads/{}", req.git_ref)
+            };
+            (full, sha.clone())
+        }
+        None => state
+            .git
+            .resolve_ref(&repo, &req.git_ref)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+    };
+    let source = state.sources.get(&forge).ok_or_else(|| {
+        ApiError::BadRequest(format!("no way to read {forge} repositories is configured"))
+    })?;
+    let files = source.pipelines(&repo, &sha).await.map_err(|e| {
+        ApiError::BadRequest(format!("cannot read the pipeline files at {sha}: {e}"))
+    })?;
+    if files.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "no pipeline at {sha}: expected .gantry.yaml or .gantry/*.yaml"
+        )));
+    }
+    let trigger = gantry_core::Trigger::new(Event::Manual, repo, git_ref, sha);
+    let runs = state.engine.trigger_manual(trigger, files).await?;
+    Ok((http::StatusCode::CREATED, Json(json!({ "runs": runs }))))
+}
+
+fn forge_kind(name: &str) -> Result<ForgeKind, ApiError> {
+    match name {
+        "github" => Ok(ForgeKind::Github),
+        "gitlab" => Ok(ForgeKind::Gitlab),
+        "gitea" | "forgejo" => Ok(ForgeKind::Gitea),
+        _ => Err(ApiError::NotFound(format!(
+            "no forge `{name}`: expected github, gitlab or gitea"
+        ))),
+    }
 }

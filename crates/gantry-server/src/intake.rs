@@ -102,7 +102,17 @@ pub async fn plan_delivery(
     stored: StoredTrigger,
 ) {
     let store = state.engine.store();
-    let trigger = stored.trigger;
+    let mut trigger = stored.trigger;
+    if let (Some((before, after)), None) = (&stored.compare, &trigger.changed_paths) {
+        // The payload did not list every changed path: ask git rather than guess. When that
+        // fails too, the paths stay unknown and `paths` filters match (run rather than miss).
+        match state.git.changed_paths(&trigger.repo, before, after).await {
+            Ok(paths) => trigger.changed_paths = Some(paths),
+            Err(err) => {
+                tracing::info!(delivery = delivery_id, error = %err, "changed paths unknown")
+            }
+        }
+    }
     let outcome = match state.sources.get(&forge) {
         None => Err(format!("no way to read {forge} repositories is configured")),
         Some(source) => source

@@ -39,6 +39,8 @@ pub struct App {
     pub webhook_secrets: HashMap<ForgeKind, WebhookSecrets>,
     /// How pipeline files are read at a commit, per forge.
     pub sources: HashMap<ForgeKind, PipelineSource>,
+    /// Git access to any repository by clone URL (changed paths, manual triggers).
+    pub git: Arc<gantry_forge::GitReader>,
     /// The bearer token that state-changing API calls must carry. None: they are refused.
     pub api_token: Option<String>,
     /// The viewer's base URL, for links in API answers.
@@ -78,7 +80,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/retry", post(api::retry_run))
         .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
         .route("/api/v1/jobs/{id}/retry", post(api::retry_job))
-        .route("/api/v1/deliveries/{forge}/{id}", get(api::get_delivery));
+        .route("/api/v1/deliveries/{forge}/{id}", get(api::get_delivery))
+        .route("/api/v1/trigger", post(api::trigger));
     let health = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(api::ready));

@@ -41,6 +41,8 @@ pub enum Command {
     Lint(commands::lint::LintArgs),
     /// Print the JSON Schema of the pipeline language (for editors).
     Schema,
+    /// Print the Pods the Kubernetes backend would create for a pipeline file (no cluster).
+    Render(commands::render::RenderArgs),
     /// Serve webhooks and the API, and run what they trigger.
     Serve(Box<commands::serve::ServeArgs>),
 }
@@ -59,6 +61,7 @@ impl Cli {
             Command::Run(args) => runtime().and_then(|rt| rt.block_on(commands::run::run(args))),
             Command::Lint(args) => commands::lint::lint(args),
             Command::Schema => commands::schema::schema(),
+            Command::Render(args) => commands::render::render(args),
             Command::Serve(args) => {
                 runtime().and_then(|rt| rt.block_on(commands::serve::serve(*args)))
             }

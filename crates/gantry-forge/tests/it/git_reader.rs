@@ -190,6 +190,37 @@ async fn reads_files_at_a_commit_from_git_daemon() {
 }
 
 #[tokio::test]
+async fn changed_paths_compare_two_commits() {
+    let served = tempfile::tempdir().unwrap();
+    let (first, second) = make_repo(served.path());
+    let cache = tempfile::tempdir().unwrap();
+    let reader = GitReader::new(cache.path());
+    let repo = repo(format!("file://{}", served.path().display()));
+    let paths = reader.changed_paths(&repo, &first, &second).await.unwrap();
+    assert_eq!(paths, [".gantry.yaml"]);
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    assert!(reader.changed_paths(&repo, missing, &second).await.is_err());
+}
+
+#[tokio::test]
+async fn resolve_ref_finds_branches_and_full_refs() {
+    let served = tempfile::tempdir().unwrap();
+    let (_, second) = make_repo(served.path());
+    let cache = tempfile::tempdir().unwrap();
+    let reader = GitReader::new(cache.path());
+    let repo = repo(format!("file://{}", served.path().display()));
+    let (full, sha) = reader.resolve_ref(&repo, "main").await.unwrap();
+    assert_eq!(
+        (full.as_str(), sha.as_str()),
+        ("refs/heads/main", second.as_str())
+    );
+    let (_, sha) = reader.resolve_ref(&repo, "refs/heads/main").await.unwrap();
+    assert_eq!(sha, second);
+    let err = reader.resolve_ref(&repo, "nope").await.unwrap_err();
+    assert!(err.to_string().contains("no ref `nope`"), "{err}");
+}
+
+#[tokio::test]
 async fn reads_files_at_a_commit_from_a_path() {
     let served = tempfile::tempdir().unwrap();
     let (first, second) = make_repo(served.path());

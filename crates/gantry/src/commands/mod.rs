@@ -1,4 +1,5 @@
 pub mod lint;
+pub mod render;
 pub mod run;
 pub mod schema;
 pub mod serve;

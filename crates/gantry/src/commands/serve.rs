@@ -333,6 +333,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         engine: engine.clone(),
         webhook_secrets,
         sources,
+        git: git_reader.clone(),
         api_token: args.api_token.clone().or_else(|| file.api_token.clone()),
         public_url: public_url.clone(),
     }));
