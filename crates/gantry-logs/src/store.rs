@@ -1,0 +1,591 @@
+//! The log store: one append-only file per step, an index beside it, and retention.
+//!
+//! Layout under the root (the data directory's `logs/`):
+//!
+//! ```text
+//! <job id>/<attempt>/<step>.log   records: "<RFC 3339 time> <stdout|stderr|system> <text>\n"
+//! <job id>/<attempt>/<step>.idx   the byte offset of every record, u64 little-endian
+//! <job id>/<attempt>/<step>.end   present once the step has ended and its log is complete
+//! ```
+//!
+//! Line `n` (1-based) starts at index entry `n - 1`, so any range is two positioned reads —
+//! no scanning, whatever the log's size. A record is written to the log before its index entry;
+//! after a crash, [`LogStore::repair`] indexes the complete records the index missed and drops
+//! a torn tail, so the log holds every line whose append returned.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use gantry_core::{JobId, Stream, Timestamp};
+use serde::Serialize;
+
+/// Stored lines are at most this long (bytes of text); longer ones are split.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Identifies one step's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StepKey {
+    pub job: JobId,
+    pub attempt: u32,
+    pub step: usize,
+}
+
+impl StepKey {
+    pub fn new(job: JobId, attempt: u32, step: usize) -> Self {
+        Self { job, attempt, step }
+    }
+}
+
+/// One stored line, numbered from 1 within its step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoredLine {
+    pub number: u64,
+    pub at: Timestamp,
+    pub stream: Stream,
+    pub text: String,
+}
+
+fn stream_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+        Stream::System => "system",
+    }
+}
+
+fn parse_stream(name: &[u8]) -> Stream {
+    match name {
+        b"stderr" => Stream::Stderr,
+        b"system" => Stream::System,
+        _ => Stream::Stdout,
+    }
+}
+
+/// Parses one record (without its `\n`). Bytes that are not UTF-8 (a file damaged on disk)
+/// come back as U+FFFD rather than an error.
+pub(crate) fn parse_record(number: u64, record: &[u8]) -> StoredLine {
+    let mut parts = record.splitn(3, |b| *b == b' ');
+    let at = parts
+        .next()
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_default();
+    let stream = parse_stream(parts.next().unwrap_or_default());
+    let text = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    StoredLine {
+        number,
+        at,
+        stream,
+        text,
+    }
+}
+
+/// The text of one record: everything after the second space.
+pub(crate) fn record_text(record: &[u8]) -> &[u8] {
+    let mut parts = record.splitn(3, |b| *b == b' ');
+    parts.next();
+    parts.next();
+    parts.next().unwrap_or_default()
+}
+
+/// Splits `text` into pieces of at most [`MAX_LINE_BYTES`] at `char` boundaries, and at
+/// embedded newlines (a backend should not send them, but a record must never hold one).
+pub fn split_text(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n').flat_map(|mut line| {
+        let mut pieces = Vec::new();
+        loop {
+            if line.len() <= MAX_LINE_BYTES {
+                pieces.push(line);
+                break;
+            }
+            let mut cut = MAX_LINE_BYTES;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            pieces.push(&line[..cut]);
+            line = &line[cut..];
+        }
+        pieces
+    })
+}
+
+/// Retention: what [`LogStore::sweep`] deletes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Attempts whose logs were last written longer ago than this.
+    pub max_age: Option<Duration>,
+    /// Then the oldest attempts until all logs together fit in this many bytes.
+    pub max_bytes: Option<u64>,
+}
+
+/// What a sweep deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub attempts_deleted: usize,
+    pub bytes_deleted: u64,
+    pub bytes_kept: u64,
+}
+
+/// The files of one step's log.
+#[derive(Clone, Debug)]
+pub struct StepFiles {
+    pub log: PathBuf,
+    pub index: PathBuf,
+    pub end: PathBuf,
+}
+
+/// Step logs under one directory. Cheap to clone; all methods are blocking file I/O.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    root: PathBuf,
+}
+
+impl LogStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn attempt_dir(&self, job: JobId, attempt: u32) -> PathBuf {
+        self.root.join(job.to_string()).join(attempt.to_string())
+    }
+
+    /// The file that holds a step's records.
+    pub fn path(&self, job: JobId, attempt: u32, step: usize) -> PathBuf {
+        self.files(StepKey::new(job, attempt, step)).log
+    }
+
+    pub fn files(&self, key: StepKey) -> StepFiles {
+        let dir = self.attempt_dir(key.job, key.attempt);
+        StepFiles {
+            log: dir.join(format!("{}.log", key.step)),
+            index: dir.join(format!("{}.idx", key.step)),
+            end: dir.join(format!("{}.end", key.step)),
+        }
+    }
+
+    /// Opens a step's log for appending, repairing it first (a crash may have left it).
+    pub fn open_writer(&self, key: StepKey) -> io::Result<StepWriter> {
+        let files = self.files(key);
+        if let Some(dir) = files.log.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let lines = self.repair(key)?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&files.log)?;
+        let index = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&files.index)?;
+        let log_len = log.metadata()?.len();
+        Ok(StepWriter {
+            log,
+            index,
+            log_len,
+            lines,
+            record: Vec::with_capacity(256),
+            entries: Vec::with_capacity(64),
+        })
+    }
+
+    /// Makes the index match the log: entries past the log's end go, complete records the
+    /// index lacks are indexed, and a torn last record (no `\n`) is cut off. Returns the
+    /// number of lines. Call only while no writer has the step open.
+    pub fn repair(&self, key: StepKey) -> io::Result<u64> {
+        let files = self.files(key);
+        let log = match OpenOptions::new().read(true).write(true).open(&files.log) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let log_len = log.metadata()?.len();
+        let index = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&files.index)?;
+        let mut entries = index.metadata()?.len() / 8;
+        // Drop entries that point at or past the end of the log.
+        while entries > 0 && read_entry(&index, entries - 1)? >= log_len {
+            entries -= 1;
+        }
+        // Where the first unindexed record starts: after the last indexed one.
+        let mut next = if entries == 0 {
+            0
+        } else {
+            let last = read_entry(&index, entries - 1)?;
+            match find_newline(&log, last, log_len)? {
+                Some(nl) => nl + 1,
+                None => {
+                    // The last indexed record is torn: drop it.
+                    entries -= 1;
+                    last
+                }
+            }
+        };
+        let mut added = Vec::new();
+        while next < log_len {
+            match find_newline(&log, next, log_len)? {
+                Some(nl) => {
+                    added.extend_from_slice(&next.to_le_bytes());
+                    entries += 1;
+                    next = nl + 1;
+                }
+                None => break,
+            }
+        }
+        if next < log_len {
+            log.set_len(next)?;
+        }
+        index.set_len(entries * 8 - added.len() as u64)?;
+        if !added.is_empty() {
+            index.write_all_at(&added, entries * 8 - added.len() as u64)?;
+        }
+        Ok(entries)
+    }
+
+    /// The number of indexed lines.
+    pub fn len(&self, key: StepKey) -> io::Result<u64> {
+        match fs::metadata(self.files(key).index) {
+            Ok(m) => Ok(m.len() / 8),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Has the step ended with its log complete?
+    pub fn is_complete(&self, key: StepKey) -> bool {
+        self.files(key).end.exists()
+    }
+
+    /// Does any file of this step exist?
+    pub fn exists(&self, key: StepKey) -> bool {
+        self.files(key).log.exists()
+    }
+
+    /// Lines `from..` (1-based), at most `limit` of them and, past the first, at most
+    /// `max_bytes` of records. Empty past the end.
+    pub fn read(
+        &self,
+        key: StepKey,
+        from: u64,
+        limit: usize,
+        max_bytes: u64,
+    ) -> io::Result<Vec<StoredLine>> {
+        let files = self.files(key);
+        let (log, index) = match (File::open(&files.log), File::open(&files.index)) {
+            (Ok(l), Ok(i)) => (l, i),
+            (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Vec::new());
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        read_range(&log, &index, from.max(1), limit, max_bytes)
+    }
+
+    /// The log as plain text (no times or streams), in chunks of about `chunk` bytes. Memory is
+    /// bounded by the chunk size, whatever the log's size.
+    pub fn raw(&self, key: StepKey, chunk: usize) -> io::Result<RawText> {
+        let file = File::open(self.files(key).log)?;
+        Ok(RawText {
+            reader: BufReader::with_capacity(256 * 1024, file),
+            chunk,
+            record: Vec::new(),
+        })
+    }
+
+    /// Lines whose text contains `needle` (ASCII case-insensitive), at most `limit`, scanning
+    /// from line `from`.
+    pub fn search(
+        &self,
+        key: StepKey,
+        needle: &str,
+        from: u64,
+        limit: usize,
+    ) -> io::Result<Vec<StoredLine>> {
+        let files = self.files(key);
+        let file = match File::open(&files.log) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        if from > 1 {
+            let index = File::open(&files.index)?;
+            if (from - 1) * 8 >= index.metadata()?.len() {
+                return Ok(Vec::new());
+            }
+            reader.seek(SeekFrom::Start(read_entry(&index, from - 1)?))?;
+        }
+        let needle = needle.to_ascii_lowercase().into_bytes();
+        let mut found = Vec::new();
+        let mut record = Vec::new();
+        let mut number = from.max(1) - 1;
+        loop {
+            record.clear();
+            if reader.read_until(b'\n', &mut record)? == 0 || record.last() != Some(&b'\n') {
+                break;
+            }
+            number += 1;
+            let body = &record[..record.len() - 1];
+            let text = record_text(body);
+            if needle.is_empty()
+                || text
+                    .windows(needle.len())
+                    .any(|w| w.eq_ignore_ascii_case(&needle))
+            {
+                found.push(parse_record(number, body));
+                if found.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes the logs of whole attempts by age, then oldest first by size, never touching
+    /// the attempts in `live`.
+    pub fn sweep(
+        &self,
+        retention: &Retention,
+        now: SystemTime,
+        live: &HashSet<(JobId, u32)>,
+    ) -> io::Result<SweepReport> {
+        struct Attempt {
+            dir: PathBuf,
+            bytes: u64,
+            modified: SystemTime,
+            live: bool,
+        }
+        let mut attempts = Vec::new();
+        let jobs = match fs::read_dir(&self.root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SweepReport::default()),
+            Err(e) => return Err(e),
+        };
+        for job in jobs.flatten() {
+            let Ok(job_id) = job.file_name().to_string_lossy().parse::<JobId>() else {
+                continue;
+            };
+            let Ok(dirs) = fs::read_dir(job.path()) else {
+                continue;
+            };
+            for attempt in dirs.flatten() {
+                let Ok(n) = attempt.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let mut bytes = 0;
+                let mut modified = SystemTime::UNIX_EPOCH;
+                for file in fs::read_dir(attempt.path())?.flatten() {
+                    if let Ok(meta) = file.metadata() {
+                        bytes += meta.len();
+                        modified = modified.max(meta.modified().unwrap_or(modified));
+                    }
+                }
+                attempts.push(Attempt {
+                    dir: attempt.path(),
+                    bytes,
+                    modified,
+                    live: live.contains(&(job_id, n)),
+                });
+            }
+        }
+        attempts.sort_by_key(|a| a.modified);
+        let mut report = SweepReport {
+            bytes_kept: attempts.iter().map(|a| a.bytes).sum(),
+            ..SweepReport::default()
+        };
+        for a in &attempts {
+            if a.live {
+                continue;
+            }
+            let too_old = retention
+                .max_age
+                .is_some_and(|age| now.duration_since(a.modified).unwrap_or_default() > age);
+            let too_big = retention
+                .max_bytes
+                .is_some_and(|max| report.bytes_kept > max);
+            if too_old || too_big {
+                fs::remove_dir_all(&a.dir)?;
+                report.attempts_deleted += 1;
+                report.bytes_deleted += a.bytes;
+                report.bytes_kept -= a.bytes;
+                if let Some(job_dir) = a.dir.parent() {
+                    // Only succeeds once the job has no attempt left.
+                    let _ = fs::remove_dir(job_dir);
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn read_entry(index: &File, n: u64) -> io::Result<u64> {
+    let mut buf = [0u8; 8];
+    index.read_exact_at(&mut buf, n * 8)?;
+    Ok(u64::from_le_bytes(buf))
+}
+
+/// The offset of the first `\n` at or after `from`, before `end`.
+fn find_newline(file: &File, mut from: u64, end: u64) -> io::Result<Option<u64>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    while from < end {
+        let want = buf.len().min((end - from) as usize);
+        let n = file.read_at(&mut buf[..want], from)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = buf[..n].iter().position(|b| *b == b'\n') {
+            return Ok(Some(from + i as u64));
+        }
+        from += n as u64;
+    }
+    Ok(None)
+}
+
+pub(crate) fn read_range(
+    log: &File,
+    index: &File,
+    from: u64,
+    limit: usize,
+    max_bytes: u64,
+) -> io::Result<Vec<StoredLine>> {
+    let lines = index.metadata()?.len() / 8;
+    if from > lines || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let count = (limit as u64).min(lines - from + 1);
+    // Entries for lines from..from+count, and the start of the line after (or the log's end).
+    let mut raw = vec![0u8; (count as usize + 1) * 8];
+    let have_next = from + count <= lines;
+    let want = if have_next { raw.len() } else { raw.len() - 8 };
+    index.read_exact_at(&mut raw[..want], (from - 1) * 8)?;
+    let mut offsets: Vec<u64> = raw[..want]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    if !have_next {
+        offsets.push(log.metadata()?.len());
+    }
+    let start = offsets[0];
+    // Keep whole lines within the byte budget, at least one.
+    let mut end_i = offsets.len() - 1;
+    while end_i > 1 && offsets[end_i] - start > max_bytes {
+        end_i -= 1;
+    }
+    let end = offsets[end_i];
+    let mut buf = vec![0u8; (end - start) as usize];
+    log.read_exact_at(&mut buf, start)?;
+    let mut out = Vec::with_capacity(end_i);
+    for i in 0..end_i {
+        let a = (offsets[i] - start) as usize;
+        let b = (offsets[i + 1] - start) as usize;
+        let record = &buf[a..b];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        out.push(parse_record(from + i as u64, record));
+    }
+    Ok(out)
+}
+
+/// Appends one step's lines. Every append is written to the files before it returns (a crash
+/// of the process loses nothing appended); [`StepWriter::sync`] also survives power loss.
+#[derive(Debug)]
+pub struct StepWriter {
+    log: File,
+    index: File,
+    log_len: u64,
+    lines: u64,
+    record: Vec<u8>,
+    entries: Vec<u8>,
+}
+
+impl StepWriter {
+    /// The number of lines written.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    /// Appends `text` as one or more lines (split at newlines and at [`MAX_LINE_BYTES`]) and
+    /// returns them as stored.
+    pub fn append(
+        &mut self,
+        at: Timestamp,
+        stream: Stream,
+        text: &str,
+    ) -> io::Result<Vec<StoredLine>> {
+        self.record.clear();
+        self.entries.clear();
+        let stamp = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut stored = Vec::new();
+        let mut offset = self.log_len;
+        for piece in split_text(text) {
+            let start = self.record.len();
+            self.record.extend_from_slice(stamp.as_bytes());
+            self.record.push(b' ');
+            self.record
+                .extend_from_slice(stream_name(stream).as_bytes());
+            self.record.push(b' ');
+            self.record.extend_from_slice(piece.as_bytes());
+            self.record.push(b'\n');
+            self.entries.extend_from_slice(&offset.to_le_bytes());
+            offset += (self.record.len() - start) as u64;
+            stored.push(StoredLine {
+                number: self.lines + stored.len() as u64 + 1,
+                at,
+                stream,
+                text: piece.to_owned(),
+            });
+        }
+        // The record first: an index entry must never point past the log.
+        self.log.write_all(&self.record)?;
+        self.index.write_all(&self.entries)?;
+        self.log_len = offset;
+        self.lines += stored.len() as u64;
+        Ok(stored)
+    }
+
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.log.sync_data()?;
+        self.index.sync_data()
+    }
+}
+
+/// Plain text of a log, chunk by chunk: see [`LogStore::raw`].
+#[derive(Debug)]
+pub struct RawText {
+    reader: BufReader<File>,
+    chunk: usize,
+    record: Vec<u8>,
+}
+
+impl Iterator for RawText {
+    type Item = io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut out = Vec::with_capacity(self.chunk + MAX_LINE_BYTES);
+        while out.len() < self.chunk {
+            self.record.clear();
+            match self.reader.read_until(b'\n', &mut self.record) {
+                Ok(0) => break,
+                Ok(_) if self.record.last() != Some(&b'\n') => break,
+                Ok(_) => {
+                    out.extend_from_slice(record_text(&self.record[..self.record.len() - 1]));
+                    out.push(b'\n');
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        (!out.is_empty()).then_some(Ok(out))
+    }
+}

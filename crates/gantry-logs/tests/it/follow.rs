@@ -1,0 +1,125 @@
+use std::time::Duration;
+
+use futures::StreamExt;
+use gantry_logs::{Logs, StepKey};
+
+use crate::support::{key, line, logs};
+
+/// Collects `n` line numbers from a follower, with a deadline.
+async fn take_numbers(logs: &Logs, key: StepKey, from: u64, n: usize) -> Vec<u64> {
+    let mut follow = Box::pin(logs.follow(key, from, false));
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while got.len() < n {
+            let batch = follow.next().await.expect("stream open").unwrap();
+            got.extend(batch.iter().map(|l| l.line.number));
+        }
+    })
+    .await
+    .expect("lines arrive in time");
+    got
+}
+
+#[tokio::test]
+async fn viewers_see_lines_as_they_are_stored_and_the_stream_ends_with_the_step() {
+    let (_dir, logs) = logs();
+    let key = key();
+    let writer = {
+        let logs = logs.clone();
+        tokio::spawn(async move {
+            for i in 1..=300 {
+                logs.append(key.job, key.attempt, &line(0, &format!("{i}")))
+                    .unwrap();
+                if i % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            logs.close_step(key).unwrap();
+        })
+    };
+    // A viewer that starts before the step does.
+    let mut follow = Box::pin(logs.follow(key, 1, false));
+    let mut numbers = Vec::new();
+    let mut texts = Vec::new();
+    while let Some(batch) = tokio::time::timeout(Duration::from_secs(20), follow.next())
+        .await
+        .unwrap()
+    {
+        for l in batch.unwrap() {
+            numbers.push(l.line.number);
+            texts.push(l.line.text.clone());
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(numbers, (1..=300).collect::<Vec<_>>());
+    assert_eq!(texts[299], "300");
+}
+
+#[tokio::test]
+async fn a_resumed_viewer_gets_no_gap_and_no_duplicate() {
+    let (_dir, logs) = logs();
+    let key = key();
+    for i in 1..=100 {
+        logs.append(key.job, key.attempt, &line(0, &format!("{i}")))
+            .unwrap();
+    }
+    let first = take_numbers(&logs, key, 1, 40).await;
+    let last_seen = first[39];
+    // Reconnect with Last-Event-ID = last_seen while lines keep coming.
+    let more = {
+        let logs = logs.clone();
+        tokio::spawn(async move {
+            for i in 101..=200 {
+                logs.append(key.job, key.attempt, &line(0, &format!("{i}")))
+                    .unwrap();
+            }
+        })
+    };
+    let rest = take_numbers(&logs, key, last_seen + 1, 200 - last_seen as usize).await;
+    more.await.unwrap();
+    let mut all: Vec<u64> = first[..40].to_vec();
+    all.extend(rest);
+    assert_eq!(all, (1..=200).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_viewer_that_never_reads_does_not_slow_ingestion_and_catches_up_from_the_store() {
+    let (_dir, logs) = logs();
+    let key = key();
+    let stalled = Box::pin(logs.follow(key, 1, false));
+    let start = std::time::Instant::now();
+    for i in 1..=20_000 {
+        logs.append(key.job, key.attempt, &line(0, &format!("line {i}")))
+            .unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "ingestion took {elapsed:?}"
+    );
+    logs.close_step(key).unwrap();
+    // The ring has long dropped line 1: the viewer reads it from the store.
+    let numbers: Vec<u64> = stalled
+        .map(|b| b.unwrap().iter().map(|l| l.line.number).collect::<Vec<_>>())
+        .concat()
+        .await;
+    assert_eq!(numbers, (1..=20_000).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn following_a_finished_step_drains_it_and_ends() {
+    let (_dir, logs) = logs();
+    let key = key();
+    for i in 1..=5 {
+        logs.append(key.job, key.attempt, &line(0, &format!("{i}")))
+            .unwrap();
+    }
+    // Not closed (a crashed server never closed it), but the caller knows it ended.
+    let reopened = Logs::open(logs.store().root()).unwrap();
+    let n: usize = reopened
+        .follow(key, 3, true)
+        .map(|b| b.unwrap().len())
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    assert_eq!(n, 3);
+}

@@ -1,0 +1,9 @@
+//! gantry-logs integration tests: the store on real files, the hub with concurrent viewers,
+//! masking end to end, retention, archive, and a crash of a writing process.
+
+mod archive;
+mod crash;
+mod follow;
+mod masking;
+mod store;
+mod support;
