@@ -1,0 +1,32 @@
+//! The Kubernetes backend (ARCHITECTURE.md §4): each job attempt an ephemeral Pod in a build
+//! namespace.
+//!
+//! - [`render`] turns a [`JobRequest`](gantry_core::JobRequest) into its Pod, purely (`gantry
+//!   render` prints it);
+//! - [`KubeBackend`] creates pods, keeps ONE watch over all of Gantry's labelled pods, derives
+//!   step transitions from container statuses, follows one log stream per step, cancels by
+//!   deleting, sweeps finished and orphaned pods and re-attaches after a restart
+//!   ([`gantry_engine::Reattach`]).
+
+mod config;
+mod grants;
+
+pub mod names;
+pub mod render;
+
+pub use config::{Images, KubeConfig, RepoPolicy, SecurityLevel, Timings};
+pub use grants::{PullRequestOrigin, Requester, SecretGrant, SecretGrants};
+pub use render::{Manifest, RenderError, RenderOptions, Rendered, origin_of, render, to_yaml};
+
+/// What goes wrong in the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("Kubernetes API: {0}")]
+    Api(#[source] kube::Error),
+    #[error("pod {0} exists but belongs to another job attempt")]
+    NameTaken(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,359 @@
+//! The container of each step kind, and of services.
+
+use gantry_core::{GitopsStep, KanikoStep, ServiceSpec, StepKind, StepSpec, TrivyStep};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, KeyToPath, SecretVolumeSource, Volume,
+};
+
+use super::scripts::{self, Guard};
+use super::{Ctx, RenderError, env, mount, secret_env};
+use crate::config::SecurityLevel;
+use crate::names;
+
+/// Capabilities Kaniko needs to unpack base images and run `RUN` instructions as root (all in
+/// the Pod Security baseline allow-list).
+const KANIKO_CAPS: [&str; 9] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+];
+
+pub(crate) fn service(ctx: &Ctx<'_>, service: &ServiceSpec) -> Container {
+    Container {
+        name: names::service_container(&service.name),
+        image: Some(service.image.clone()),
+        args: (!service.command.is_empty()).then(|| service.command.clone()),
+        env: (!service.env.is_empty())
+            .then(|| service.env.iter().map(|(k, v)| env(k, v.clone())).collect()),
+        ports: (!service.ports.is_empty()).then(|| {
+            service
+                .ports
+                .iter()
+                .map(|p| ContainerPort {
+                    container_port: i32::from(*p),
+                    ..ContainerPort::default()
+                })
+                .collect()
+        }),
+        restart_policy: Some("Always".into()),
+        security_context: Some(ctx.security_context(&ctx.run_caps())),
+        ..Container::default()
+    }
+}
+
+fn err(index: usize, step: &StepSpec, why: impl Into<String>) -> RenderError {
+    RenderError::Step {
+        step: index,
+        name: step.name.clone(),
+        why: why.into(),
+    }
+}
+
+/// A registry credentials Secret (`.dockerconfigjson`) as a volume with `config.json` in it.
+fn docker_config_volume(ctx: &mut Ctx<'_>, index: usize, secret: &str) -> String {
+    let name = format!("registry-{index}");
+    ctx.volumes.push(Volume {
+        name: name.clone(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            items: Some(vec![KeyToPath {
+                key: ".dockerconfigjson".into(),
+                path: "config.json".into(),
+                mode: None,
+            }]),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    name
+}
+
+pub(crate) fn step(
+    ctx: &mut Ctx<'_>,
+    index: usize,
+    step: &StepSpec,
+    keep_going: bool,
+    job_env: &[EnvVar],
+) -> Result<Container, RenderError> {
+    let mut env_vars: Vec<EnvVar> = job_env.to_vec();
+    for (k, v) in &step.env {
+        env_vars.retain(|e| &e.name != k);
+        env_vars.push(env(k, v.clone()));
+    }
+    let mut mounts = vec![mount("workspace", scripts::WORKSPACE, false)];
+    let guard = ctx.guarded.then_some(Guard {
+        run_if: step.run_if,
+        allow_failure: step.allow_failure,
+        keep_going,
+    });
+    if guard.is_some() {
+        mounts.push(mount("gantry-state", scripts::STATE_DIR, false));
+    }
+    // (image, the script a shell runs, or the explicit command of a shell-less image, caps)
+    let (image, script, command, caps): (String, Option<String>, Vec<String>, Vec<&str>) =
+        match &step.kind {
+            StepKind::Run { script } => (
+                ctx.job
+                    .spec
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| ctx.config.images.default_job.clone()),
+                Some(script.clone()),
+                Vec::new(),
+                ctx.run_caps(),
+            ),
+            StepKind::Kaniko(k) => {
+                if ctx.security == SecurityLevel::Restricted {
+                    return Err(err(
+                        index,
+                        step,
+                        "kaniko runs as root, which this repository's `restricted` security level forbids",
+                    ));
+                }
+                if ctx.guarded {
+                    return Err(err(
+                        index,
+                        step,
+                        "the kaniko executor has no shell, so it cannot share a job with `allow_failure` or `when: status` steps; move it into a job of its own",
+                    ));
+                }
+                if k.destinations.is_empty() {
+                    return Err(err(index, step, "a kaniko step needs a destination"));
+                }
+                if let Some(secret) = &k.registry_secret
+                    && ctx.granted(secret, "registry credentials")
+                {
+                    let volume = docker_config_volume(ctx, index, secret);
+                    mounts.push(mount(&volume, "/kaniko/.docker", true));
+                }
+                (
+                    ctx.config.images.kaniko.clone(),
+                    None,
+                    kaniko_args(k),
+                    KANIKO_CAPS.to_vec(),
+                )
+            }
+            StepKind::Trivy(t) => {
+                if let Some(secret) = &t.registry_secret
+                    && ctx.granted(secret, "registry credentials")
+                {
+                    let volume = docker_config_volume(ctx, index, secret);
+                    mounts.push(mount(&volume, "/gantry-docker", true));
+                    env_vars.push(env("DOCKER_CONFIG", "/gantry-docker"));
+                }
+                env_vars.push(env("TRIVY_NO_PROGRESS", "true"));
+                let mut words = vec!["trivy".to_owned()];
+                words.extend(trivy_args(t));
+                let script = ctx.guarded.then(|| scripts::exec_line(&words));
+                (ctx.config.images.trivy.clone(), script, words, Vec::new())
+            }
+            StepKind::Gitops(g) => {
+                if let Some(path) = &g.yaml_path
+                    && !valid_yaml_path(path)
+                {
+                    return Err(err(
+                        index,
+                        step,
+                        format!(
+                            "yaml_path {path:?} must be dotted keys (letters, digits, `_`, `-`, `[n]`)"
+                        ),
+                    ));
+                }
+                env_vars.extend(gitops_env(ctx, g));
+                if let Some(secret) = &g.token_secret
+                    && ctx.granted(secret, "gitops push token")
+                {
+                    env_vars.push(secret_env("GITOPS_TOKEN", secret, "token"));
+                }
+                (
+                    ctx.config.images.gitops.clone(),
+                    Some(scripts::GITOPS.to_owned()),
+                    Vec::new(),
+                    Vec::new(),
+                )
+            }
+        };
+    let (command, args) = match (guard, script) {
+        (Some(g), Some(script)) => (
+            vec!["/bin/sh".into(), "-c".into(), scripts::guard(g)],
+            Some(vec!["gantry-step".into(), script]),
+        ),
+        (None, Some(script)) if matches!(step.kind, StepKind::Run { .. } | StepKind::Gitops(_)) => {
+            (
+                vec!["/bin/sh".into(), "-e".into(), "-c".into(), script],
+                None,
+            )
+        }
+        (_, _) => (command, None),
+    };
+    let (command, args) = if matches!(step.kind, StepKind::Kaniko(_)) {
+        // The executor's entrypoint stays; only its arguments are given.
+        (None, Some(command))
+    } else {
+        (Some(command), args)
+    };
+    Ok(Container {
+        name: names::step_container(index),
+        image: Some(image),
+        command,
+        args,
+        working_dir: Some(scripts::WORKSPACE.into()),
+        env: Some(env_vars),
+        volume_mounts: Some(mounts),
+        security_context: Some(ctx.security_context(&caps)),
+        termination_message_policy: Some("File".into()),
+        ..Container::default()
+    })
+}
+
+/// `--context`, `--dockerfile`, destinations, cache, build args, target; the pushed digest goes
+/// to the termination message, which the watcher reports.
+pub(crate) fn kaniko_args(k: &KanikoStep) -> Vec<String> {
+    let context = match k.context.trim_matches('/') {
+        "" | "." => scripts::WORKSPACE.to_owned(),
+        c => format!("{}/{c}", scripts::WORKSPACE),
+    };
+    let dockerfile = if k.dockerfile.is_empty() {
+        "Dockerfile"
+    } else {
+        &k.dockerfile
+    };
+    let mut args = vec![
+        format!("--context=dir://{context}"),
+        format!("--dockerfile={context}/{dockerfile}"),
+    ];
+    args.extend(k.destinations.iter().map(|d| format!("--destination={d}")));
+    if k.cache {
+        args.push("--cache=true".into());
+        let repo = k
+            .cache_repo
+            .clone()
+            .or_else(|| k.destinations.first().map(|d| cache_repo_for(d)));
+        if let Some(repo) = repo {
+            args.push(format!("--cache-repo={repo}"));
+        }
+    }
+    args.extend(
+        k.build_args
+            .iter()
+            .map(|(a, v)| format!("--build-arg={a}={v}")),
+    );
+    if let Some(target) = &k.target {
+        args.push(format!("--target={target}"));
+    }
+    args.push("--digest-file=/dev/termination-log".into());
+    args
+}
+
+/// `registry.example.com/app:1.2` → `registry.example.com/app/cache` (as the local backend).
+pub fn cache_repo_for(destination: &str) -> String {
+    let without_digest = destination.split('@').next().unwrap_or(destination);
+    let name_start = without_digest.rfind('/').map_or(0, |i| i + 1);
+    let repo = match without_digest[name_start..].find(':') {
+        Some(colon) => &without_digest[..name_start + colon],
+        None => without_digest,
+    };
+    format!("{repo}/cache")
+}
+
+/// `image --exit-code 1 [--severity …] [--ignore-unfixed] IMAGE`: findings at the chosen
+/// severities exit 1, which fails the step.
+pub(crate) fn trivy_args(t: &TrivyStep) -> Vec<String> {
+    let mut args = vec!["image".to_owned(), "--exit-code".into(), "1".into()];
+    if !t.severity.is_empty() {
+        let s: Vec<&str> = t.severity.iter().map(|s| s.as_str()).collect();
+        args.push("--severity".into());
+        args.push(s.join(","));
+    }
+    if t.ignore_unfixed {
+        args.push("--ignore-unfixed".into());
+    }
+    args.push(t.image.clone());
+    args
+}
+
+fn gitops_env(ctx: &Ctx<'_>, g: &GitopsStep) -> Vec<EnvVar> {
+    let job = ctx.job;
+    let message = g.message.clone().unwrap_or_else(|| {
+        format!(
+            "Set {}:{} ({}@{}, gantry run {})",
+            g.image,
+            g.tag,
+            job.checkout.repo.full_name,
+            &job.checkout.sha[..job.checkout.sha.len().min(12)],
+            job.run_id
+        )
+    });
+    let mut vars = vec![
+        env("GITOPS_REPO", g.repo.clone()),
+        env("GITOPS_BRANCH", g.branch.clone().unwrap_or_default()),
+        env("GITOPS_PATH", g.path.clone()),
+        env("GITOPS_IMAGE", g.image.clone()),
+        env("GITOPS_TAG", g.tag.clone()),
+        env("GITOPS_MESSAGE", message),
+    ];
+    if let Some(path) = &g.yaml_path {
+        vars.push(env("GITOPS_YAML_PATH", path.clone()));
+    }
+    vars
+}
+
+/// A yq path Gantry is willing to paste into a yq expression.
+fn valid_yaml_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-[]".contains(c))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_repository_defaults_to_the_destination_repository() {
+        assert_eq!(
+            cache_repo_for("registry.example.com:5000/acme/app:abc"),
+            "registry.example.com:5000/acme/app/cache"
+        );
+        assert_eq!(cache_repo_for("app@sha256:1"), "app/cache");
+    }
+
+    #[test]
+    fn yaml_paths_are_plain_dotted_keys() {
+        assert!(valid_yaml_path("spec.template.image.tag"));
+        assert!(valid_yaml_path("images[0].tag"));
+        assert!(!valid_yaml_path("a) | .b"));
+        assert!(!valid_yaml_path("a..b"));
+    }
+
+    #[test]
+    fn kaniko_arguments_are_absolute_and_report_the_digest() {
+        let k = KanikoStep {
+            context: "app".into(),
+            destinations: vec!["r/app:1".into()],
+            cache: true,
+            ..KanikoStep::default()
+        };
+        assert_eq!(
+            kaniko_args(&k),
+            [
+                "--context=dir:///workspace/app",
+                "--dockerfile=/workspace/app/Dockerfile",
+                "--destination=r/app:1",
+                "--cache=true",
+                "--cache-repo=r/app/cache",
+                "--digest-file=/dev/termination-log",
+            ]
+        );
+    }
+}

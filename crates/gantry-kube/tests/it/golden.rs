@@ -1,0 +1,182 @@
+//! The rendered Pods of every example pipeline, pinned in `tests/golden/<pipeline>.yaml`, and
+//! each checked against the Kubernetes 1.36 OpenAPI schema by `kubernetes-validate --strict`.
+//!
+//! After an intended change: `GANTRY_BLESS=1 cargo test -p gantry-kube --test it golden`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gantry_core::{Checkout, Event, ForgeKind, JobId, JobRequest, RepoRef, RunId, Trigger};
+use gantry_kube::{KubeConfig, Manifest, RenderOptions, SecretGrant, SecretGrants};
+use gantry_pipeline::PlanContext;
+use uuid::Uuid;
+
+pub const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("pipelines"))
+        .expect("pipelines/ exists")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+pub fn repo() -> RepoRef {
+    RepoRef {
+        forge: ForgeKind::Github,
+        full_name: "acme/app".into(),
+        clone_url: "https://git.example.com/acme/app.git".into(),
+        web_url: None,
+        default_branch: Some("main".into()),
+    }
+}
+
+/// The configuration the goldens are rendered with: the grants the examples ask for.
+pub fn config() -> KubeConfig {
+    let grant = |secret: &str, branches: &[&str]| SecretGrant {
+        secret: secret.into(),
+        repos: vec!["acme/*".into()],
+        branches: branches.iter().map(|b| (*b).to_owned()).collect(),
+        pull_requests: false,
+    };
+    KubeConfig {
+        grants: SecretGrants(vec![
+            grant("registry-credentials", &[]),
+            grant("config-repo-token", &["main"]),
+        ]),
+        image_pull_secrets: vec!["mirror-pull".into()],
+        ..KubeConfig::default()
+    }
+}
+
+/// Every job of a pipeline as the engine would hand it over, with fixed ids.
+pub fn requests(source: &str, file: &str) -> Vec<(String, Result<JobRequest, String>)> {
+    let trigger = Trigger::new(Event::Push, repo(), "refs/heads/main", SHA);
+    let run_id = RunId(Uuid::from_u128(0x5eed));
+    let pipeline = gantry_pipeline::parse(file, source).expect("examples are valid");
+    let ctx = PlanContext {
+        trigger: &trigger,
+        run_id,
+        file,
+    };
+    let plan = gantry_pipeline::plan(&pipeline, &ctx);
+    plan.jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, job)| {
+            let request = match job.skipped {
+                Some(reason) => Err(reason),
+                None => Ok(JobRequest {
+                    run_id,
+                    job_id: JobId(Uuid::from_u128(0x100 + i as u128)),
+                    attempt: 1,
+                    checkout: Checkout {
+                        repo: trigger.repo.clone(),
+                        git_ref: trigger.git_ref.clone(),
+                        sha: trigger.sha.clone(),
+                    },
+                    spec: job.spec,
+                    secret_values: Default::default(),
+                }),
+            };
+            (job.name, request)
+        })
+        .collect()
+}
+
+fn manifest(path: &Path) -> String {
+    let source = std::fs::read_to_string(path).unwrap();
+    let file = path.file_name().unwrap().to_string_lossy().into_owned();
+    let config = config();
+    let options = RenderOptions {
+        origin: gantry_kube::PullRequestOrigin::None,
+        clone_credentials: true,
+    };
+    let mut manifest = Manifest::new();
+    for (name, request) in requests(&source, &file) {
+        match request {
+            Ok(job) => {
+                let rendered = gantry_kube::render(&job, &config, &options)
+                    .unwrap_or_else(|e| panic!("{file}: job {name}: {e}"));
+                manifest.job(&name, &rendered);
+            }
+            Err(reason) => manifest.skipped(&name, &reason),
+        }
+    }
+    manifest.into_string()
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+#[test]
+fn rendered_pods_match_the_goldens() {
+    let bless = std::env::var_os("GANTRY_BLESS").is_some();
+    let mut stale = Vec::new();
+    for example in examples() {
+        let golden = golden_dir().join(example.file_name().unwrap());
+        let text = manifest(&example);
+        if bless {
+            std::fs::write(&golden, &text).unwrap();
+        } else if std::fs::read_to_string(&golden).ok().as_deref() != Some(text.as_str()) {
+            stale.push(golden.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "rendered pods differ from the goldens {stale:?}; if the change is intended, bless them:\n    GANTRY_BLESS=1 cargo test -p gantry-kube --test it golden\nand review the diff"
+    );
+}
+
+/// The command CI runs to install the validator.
+const INSTALL: &str = "pip install 'kubernetes-validate==1.*'";
+
+#[test]
+fn goldens_are_valid_kubernetes_1_36_pods() {
+    let probe = Command::new("kubernetes-validate")
+        .arg("--version")
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        panic!(
+            "kubernetes-validate is not installed; the golden Pods must be validated against the Kubernetes 1.36 schema. Install it with:\n    {INSTALL}"
+        );
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no goldens in {}",
+        golden_dir().display()
+    );
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.36.0"])
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "kubernetes-validate failed:\n{report}"
+    );
+    assert!(
+        !report.contains("ERROR") && !report.contains("WARN"),
+        "kubernetes-validate reported problems:\n{report}"
+    );
+}

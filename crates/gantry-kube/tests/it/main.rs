@@ -1,0 +1,3 @@
+//! gantry-kube's integration tests: one binary.
+
+mod golden;
