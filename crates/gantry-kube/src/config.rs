@@ -90,6 +90,10 @@ pub struct Timings {
     pub max_backoff: Duration,
     /// Tries of one API request before the error is reported.
     pub max_attempts: u32,
+    /// How long one API request may take before it counts as timed out (a create that timed
+    /// out is looked up by name before it is tried again).
+    #[serde(with = "secs")]
+    pub request_timeout: Duration,
     /// How long a step's log may keep arriving after its container ended.
     #[serde(with = "secs")]
     pub log_drain: Duration,
@@ -106,6 +110,7 @@ impl Default for Timings {
             backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             max_attempts: 8,
+            request_timeout: Duration::from_secs(30),
             log_drain: Duration::from_secs(10),
         }
     }

@@ -8,12 +8,18 @@
 //!   deleting, sweeps finished and orphaned pods and re-attaches after a restart
 //!   ([`gantry_engine::Reattach`]).
 
+mod api;
+mod backend;
 mod config;
 mod grants;
+mod logs;
 
 pub mod names;
 pub mod render;
+mod sweeper;
+mod tracker;
 
+pub use backend::{CloneCredentials, GitCredentials, JobRegistry, KubeBackend};
 pub use config::{Images, KubeConfig, RepoPolicy, SecurityLevel, Timings};
 pub use grants::{PullRequestOrigin, Requester, SecretGrant, SecretGrants};
 pub use render::{Manifest, RenderError, RenderOptions, Rendered, origin_of, render, to_yaml};
@@ -27,6 +33,10 @@ pub enum Error {
     Api(#[source] kube::Error),
     #[error("pod {0} exists but belongs to another job attempt")]
     NameTaken(String),
+    #[error("pod {0} is already followed")]
+    AlreadyRunning(String),
+    #[error("no clone credentials: {0}")]
+    Credentials(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

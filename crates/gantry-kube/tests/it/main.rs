@@ -1,3 +1,5 @@
 //! gantry-kube's integration tests: one binary.
 
+mod backend;
+mod fake;
 mod golden;

@@ -1,0 +1,554 @@
+//! The backend: creates pods, keeps one watch over all of them, runs one task per attempt that
+//! turns its pod's changes into job events, cancels, and re-attaches after a restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use gantry_core::{
+    Backend, BackendError, EventSender, JobEvent, JobEventKind, JobId, JobRequest, LogLine,
+    RepoRef, RunId, Stream,
+};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::KubeConfig;
+use crate::logs::Follow;
+use crate::render::{RenderOptions, origin_of, render};
+use crate::tracker::{Action, Ending, Tracker};
+use crate::{Error, api, names};
+
+/// Username and token for cloning a repository.
+#[derive(Clone)]
+pub struct GitCredentials {
+    pub username: String,
+    pub password: gantry_core::Secret,
+}
+
+impl std::fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Short-lived clone credentials for a repository (a forge's installation token). `None`: the
+/// repository is cloned anonymously.
+#[async_trait]
+pub trait CloneCredentials: Send + Sync + 'static {
+    async fn for_repo(&self, repo: &RepoRef) -> Result<Option<GitCredentials>, BackendError>;
+}
+
+/// What the store knows, for the sweeper: a labelled pod of an attempt the store does not know
+/// is an orphan.
+#[async_trait]
+pub trait JobRegistry: Send + Sync + 'static {
+    async fn knows(&self, run: RunId, job: JobId, attempt: u32) -> bool;
+}
+
+pub(crate) enum Update {
+    Applied(Arc<Pod>),
+    Deleted,
+    Cancel,
+}
+
+pub(crate) struct Inner {
+    pub pods: Api<Pod>,
+    pub secrets: Api<Secret>,
+    pub config: KubeConfig,
+    pub credentials: Option<Arc<dyn CloneCredentials>>,
+    /// Attempts under way, by pod name.
+    pub jobs: Mutex<HashMap<String, mpsc::UnboundedSender<Update>>>,
+    pub store: Store<Pod>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Update>>> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn route(&self, name: &str, update: Update) {
+        if let Some(tx) = self.jobs().get(name) {
+            let _ = tx.send(update);
+        }
+    }
+}
+
+/// Runs jobs as pods. Cheap to clone. Create it inside a Tokio runtime: it starts its watch.
+#[derive(Clone)]
+pub struct KubeBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KubeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeBackend")
+            .field("namespace", &self.inner.config.namespace)
+            .field("running", &self.inner.jobs().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeBackend {
+    /// A backend on `client` (from `Client::try_default()` in a cluster or with a kubeconfig)
+    /// that starts the one watch over `app.kubernetes.io/managed-by=gantry` pods in the build
+    /// namespace.
+    pub fn new(
+        client: Client,
+        config: KubeConfig,
+        credentials: Option<Arc<dyn CloneCredentials>>,
+    ) -> Self {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
+        let secrets: Api<Secret> = Api::namespaced(client, &config.namespace);
+        let (store, writer) = reflector::store();
+        let inner = Arc::new(Inner {
+            pods: pods.clone(),
+            secrets,
+            config,
+            credentials,
+            jobs: Mutex::new(HashMap::new()),
+            store,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let watch = tokio::spawn(watch_pods(Arc::downgrade(&inner), pods, writer));
+        inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(watch);
+        Self { inner }
+    }
+
+    pub fn config(&self) -> &KubeConfig {
+        &self.inner.config
+    }
+
+    /// Attempts under way.
+    pub fn running(&self) -> usize {
+        self.inner.jobs().len()
+    }
+
+    /// Starts the sweeper: every `sweep_every` it looks at the watch's cache (no request) and
+    /// deletes finished pods older than `retention` and orphans older than `orphan_min_age`.
+    pub fn spawn_sweeper(&self, registry: Arc<dyn JobRegistry>) -> JoinHandle<()> {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(crate::sweeper::run(inner, registry))
+    }
+
+    /// One sweep now; returns the pods deleted.
+    pub async fn sweep(&self, registry: &dyn JobRegistry) -> Vec<String> {
+        crate::sweeper::sweep(&self.inner, registry).await
+    }
+
+    /// Waits until the watch has listed the pods once.
+    pub async fn ready(&self) -> bool {
+        tokio::time::timeout(
+            self.inner.config.timings.request_timeout,
+            self.inner.store.wait_until_ready(),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    }
+
+    async fn launch(&self, job: JobRequest, events: EventSender) -> Result<(), Error> {
+        let inner = &self.inner;
+        let credentials = match &inner.credentials {
+            Some(c) => c
+                .for_repo(&job.checkout.repo)
+                .await
+                .map_err(|e| Error::Credentials(e.to_string()))?,
+            None => None,
+        };
+        let options = RenderOptions {
+            origin: origin_of(&job),
+            clone_credentials: credentials.is_some(),
+        };
+        let rendered = render(&job, &inner.config, &options)?;
+        let name = names::pod_name(job.job_id, job.attempt);
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut jobs = inner.jobs();
+            if jobs.contains_key(&name) {
+                return Err(Error::AlreadyRunning(name));
+            }
+            jobs.insert(name.clone(), tx.clone());
+        }
+        let created = match api::create_pod(&inner.pods, &rendered.pod, &inner.config.timings).await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                inner.jobs().remove(&name);
+                return Err(e);
+            }
+        };
+        if let Some(creds) = credentials
+            && let Err(e) = api::create_secret(
+                &inner.secrets,
+                &clone_secret(&created, creds),
+                &inner.config.timings,
+            )
+            .await
+        {
+            tracing::warn!(pod = %name, error = %e, "cannot create the clone credentials; deleting the pod");
+            let _ =
+                api::delete_pod(&inner.pods, &name, Duration::ZERO, &inner.config.timings).await;
+            inner.jobs().remove(&name);
+            return Err(e);
+        }
+        let _ = tx.send(Update::Applied(Arc::new(created)));
+        let runner = Runner::new(
+            Arc::clone(inner),
+            job,
+            events,
+            name,
+            Tracker::new,
+            rendered.notices,
+        );
+        tokio::spawn(runner.run(rx, false));
+        Ok(())
+    }
+}
+
+/// The per-job Secret, owned by the pod so that it goes when the pod goes.
+fn clone_secret(pod: &Pod, creds: GitCredentials) -> Secret {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(names::clone_secret(&name)),
+            namespace: pod.metadata.namespace.clone(),
+            labels: pod.metadata.labels.clone(),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name,
+                uid: pod.metadata.uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(false),
+            }]),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(BTreeMap::from([
+            ("username".to_owned(), creds.username),
+            ("password".to_owned(), creds.password.expose().to_owned()),
+        ])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    }
+}
+
+/// The one watch: every pod change goes to the task of its attempt.
+async fn watch_pods(
+    inner: std::sync::Weak<Inner>,
+    pods: Api<Pod>,
+    writer: reflector::store::Writer<Pod>,
+) {
+    let config = watcher::Config::default().labels(names::SELECTOR);
+    let stream = watcher(pods, config).default_backoff().reflect(writer);
+    futures::pin_mut!(stream);
+    let mut listed: Vec<String> = Vec::new();
+    while let Some(event) = stream.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        match event {
+            Ok(watcher::Event::Apply(pod)) => {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                inner.route(&name, Update::Applied(Arc::new(pod)));
+            }
+            Ok(watcher::Event::InitApply(pod)) => {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                listed.push(name.clone());
+                inner.route(&name, Update::Applied(Arc::new(pod)));
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                inner.route(&name, Update::Deleted);
+            }
+            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::InitDone) => {
+                // A re-list (after 410 Gone or a restart of the watch): pods of running
+                // attempts missing from it were deleted while we were not watching.
+                let gone: Vec<String> = inner
+                    .jobs()
+                    .keys()
+                    .filter(|n| !listed.contains(n))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    inner.route(&name, Update::Deleted);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pod watch error; retrying with backoff"),
+        }
+    }
+}
+
+/// Follows one attempt from its pod's changes to `Finished`.
+struct Runner {
+    inner: Arc<Inner>,
+    job: JobRequest,
+    events: EventSender,
+    pod: String,
+    tracker: Tracker,
+    notices: Vec<String>,
+    logs: HashMap<usize, (watch::Sender<bool>, JoinHandle<u32>)>,
+    stuck_until: Option<(Instant, String)>,
+    step_deadline: Option<(Instant, usize)>,
+    numbers: HashMap<usize, u64>,
+}
+
+impl Runner {
+    fn new(
+        inner: Arc<Inner>,
+        job: JobRequest,
+        events: EventSender,
+        pod: String,
+        tracker: fn(&JobRequest) -> Tracker,
+        notices: Vec<String>,
+    ) -> Self {
+        let tracker = tracker(&job);
+        Self {
+            inner,
+            job,
+            events,
+            pod,
+            tracker,
+            notices,
+            logs: HashMap::new(),
+            stuck_until: None,
+            step_deadline: None,
+            numbers: HashMap::new(),
+        }
+    }
+
+    async fn send(&self, kind: JobEventKind) {
+        let event = JobEvent {
+            job_id: self.job.job_id,
+            attempt: self.job.attempt,
+            at: gantry_core::now(),
+            kind,
+        };
+        let _ = self.events.send(event).await;
+    }
+
+    /// A line from Gantry into a step's log. Numbered apart from the container's own lines
+    /// (which the log task numbers) only when the step has no stream yet.
+    async fn system(&mut self, step: usize, text: String) {
+        let number = self.numbers.entry(step).or_default();
+        *number += 1;
+        let line = LogLine {
+            step,
+            number: *number,
+            at: gantry_core::now(),
+            stream: Stream::System,
+            text,
+        };
+        self.send(JobEventKind::Log(line)).await;
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Update>, reattached: bool) {
+        let mut last: Option<Arc<Pod>> = None;
+        while !self.tracker.is_finished() {
+            let stuck_at = self.stuck_until.as_ref().map(|s| s.0);
+            let step_at = self.step_deadline.map(|s| s.0);
+            let actions = tokio::select! {
+                update = rx.recv() => match update {
+                    Some(Update::Applied(pod)) => {
+                        last = Some(Arc::clone(&pod));
+                        self.tracker.observe(&pod)
+                    }
+                    Some(Update::Deleted) => self.tracker.vanished(),
+                    Some(Update::Cancel) => {
+                        self.tracker.end(Ending::Cancelled);
+                        self.delete(self.inner.config.timings.cancel_grace).await;
+                        Vec::new()
+                    }
+                    None => break,
+                },
+                _ = sleep_until(stuck_at) => {
+                    let why = self.stuck_until.take().map(|s| s.1).unwrap_or_default();
+                    self.tracker.end(Ending::Stuck(why));
+                    self.delete(Duration::ZERO).await;
+                    Vec::new()
+                }
+                _ = sleep_until(step_at) => {
+                    if let Some((_, step)) = self.step_deadline.take() {
+                        let limit = self.job.spec.steps[step].timeout.unwrap_or_default();
+                        let why = format!("timed out after {}s", limit.as_secs());
+                        self.system(step, format!("{why}; deleting the pod")).await;
+                        self.tracker.end(Ending::StepTimedOut(step, why));
+                        self.delete(Duration::ZERO).await;
+                    }
+                    Vec::new()
+                }
+            };
+            for action in actions {
+                self.act(action, reattached).await;
+            }
+        }
+        drop(last);
+        self.inner.jobs().remove(&self.pod);
+    }
+
+    async fn delete(&self, grace: Duration) {
+        if let Err(e) = api::delete_pod(
+            &self.inner.pods,
+            &self.pod,
+            grace,
+            &self.inner.config.timings,
+        )
+        .await
+        {
+            tracing::warn!(pod = %self.pod, error = %e, "cannot delete pod");
+        }
+    }
+
+    async fn act(&mut self, action: Action, reattached: bool) {
+        match action {
+            Action::Started => {
+                for notice in std::mem::take(&mut self.notices) {
+                    self.system(0, notice).await;
+                }
+                self.send(JobEventKind::Started).await;
+            }
+            Action::StepStarted(i) => {
+                if let Some(limit) = self.job.spec.steps[i].timeout {
+                    self.step_deadline = Some((Instant::now() + limit, i));
+                }
+                self.send(JobEventKind::StepStarted { step: i }).await;
+            }
+            Action::OpenLog(i) => {
+                let (ended_tx, ended) = watch::channel(false);
+                let t = &self.inner.config.timings;
+                let follow = Follow {
+                    api: self.inner.pods.clone(),
+                    pod: self.pod.clone(),
+                    container: names::step_container(i),
+                    step: i,
+                    job_id: self.job.job_id,
+                    attempt: self.job.attempt,
+                    events: self.events.clone(),
+                    ended,
+                    settle: t.log_drain,
+                    backoff: t.backoff,
+                    preface: reattached.then(|| {
+                        "re-attached after a restart of Gantry: this step's output is shown again from its start".to_owned()
+                    }),
+                };
+                self.logs.insert(i, (ended_tx, tokio::spawn(follow.run())));
+            }
+            Action::StepFinished(i, outcome) => {
+                if self.step_deadline.is_some_and(|d| d.1 == i) {
+                    self.step_deadline = None;
+                }
+                if let Some((ended, task)) = self.logs.remove(&i) {
+                    ended.send_replace(true);
+                    let drain = self.inner.config.timings.log_drain;
+                    let abort = task.abort_handle();
+                    if tokio::time::timeout(drain, task).await.is_err() {
+                        abort.abort();
+                    }
+                }
+                self.send(JobEventKind::StepFinished { step: i, outcome })
+                    .await;
+            }
+            Action::System(step, text) => self.system(step, text).await,
+            Action::Stuck(why) => {
+                let grace = self.inner.config.timings.stuck_grace;
+                self.stuck_until = Some((Instant::now() + grace, why));
+            }
+            Action::Unstuck => self.stuck_until = None,
+            Action::Finished(state, reason) => {
+                for (_, (ended, task)) in self.logs.drain() {
+                    ended.send_replace(true);
+                    task.abort();
+                }
+                self.send(JobEventKind::Finished { state, reason }).await;
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unavailable(e: Error) -> BackendError {
+    match e {
+        Error::Render(e) => BackendError::Start(e.to_string()),
+        Error::AlreadyRunning(name) => {
+            BackendError::Start(format!("pod {name} is already running"))
+        }
+        e => BackendError::Unavailable {
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        },
+    }
+}
+
+#[async_trait]
+impl Backend for KubeBackend {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    async fn start(&self, job: JobRequest, events: EventSender) -> Result<(), BackendError> {
+        self.launch(job, events).await.map_err(unavailable)
+    }
+
+    async fn cancel(&self, job_id: JobId, attempt: u32) -> Result<(), BackendError> {
+        self.inner
+            .route(&names::pod_name(job_id, attempt), Update::Cancel);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl gantry_engine::Reattach for KubeBackend {
+    /// Finds the attempt's pod in the watch's first listing; when it is there, its task starts
+    /// again (steps already over are not reported again; the running step's log is shown again
+    /// from its start, after a notice saying so).
+    async fn reattach(&self, job: JobRequest, events: EventSender) -> Result<bool, BackendError> {
+        if !self.ready().await {
+            return Err(BackendError::Unavailable {
+                message: "the pod watch has not listed the build namespace yet".into(),
+                source: None,
+            });
+        }
+        let name = names::pod_name(job.job_id, job.attempt);
+        let key = reflector::ObjectRef::new(&name).within(&self.inner.config.namespace);
+        let Some(pod) = self.inner.store.get(&key) else {
+            return Ok(false);
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut jobs = self.inner.jobs();
+            if jobs.contains_key(&name) {
+                return Ok(true);
+            }
+            jobs.insert(name.clone(), tx.clone());
+        }
+        let _ = tx.send(Update::Applied(pod));
+        let runner = Runner::new(
+            Arc::clone(&self.inner),
+            job,
+            events,
+            name,
+            Tracker::reattached,
+            Vec::new(),
+        );
+        tokio::spawn(runner.run(rx, true));
+        Ok(true)
+    }
+}

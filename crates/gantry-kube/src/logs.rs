@@ -1,0 +1,223 @@
+//! One log stream per step: opened when its container starts (follow, timestamps), resumed after
+//! a break from the last timestamp seen, without losing or repeating a line.
+//!
+//! `sinceTime` has one-second precision, so a resumed stream starts somewhat before the last
+//! line; lines are kept only when their (nanosecond) timestamp is after the last one seen, or
+//! equal to it and beyond the count already seen at exactly that instant.
+
+use std::time::Duration;
+
+use futures::{AsyncBufReadExt, TryStreamExt};
+use gantry_core::{EventSender, JobEvent, JobEventKind, JobId, LogLine, Stream, Timestamp};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::LogParams;
+use tokio::sync::watch;
+
+/// Where a step's log is, and what of it was delivered.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub last: Option<Timestamp>,
+    /// Lines delivered with exactly the timestamp `last`.
+    pub at_last: usize,
+    /// The last line number used.
+    pub number: u64,
+    /// Lines seen at `last` in the stream being read now.
+    seen_at_last: usize,
+}
+
+impl Cursor {
+    /// Starts reading a (re)opened stream.
+    pub fn reopen(&mut self) {
+        self.seen_at_last = 0;
+    }
+
+    /// Should a line with this timestamp be delivered? Updates the cursor when so.
+    pub fn accept(&mut self, at: Timestamp) -> bool {
+        match self.last {
+            Some(last) if at < last => false,
+            Some(last) if at == last => {
+                self.seen_at_last += 1;
+                if self.seen_at_last <= self.at_last {
+                    return false;
+                }
+                self.at_last += 1;
+                true
+            }
+            _ => {
+                self.last = Some(at);
+                self.at_last = 1;
+                self.seen_at_last = 1;
+                true
+            }
+        }
+    }
+}
+
+fn to_jiff(t: Timestamp) -> Option<k8s_openapi::jiff::Timestamp> {
+    k8s_openapi::jiff::Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32).ok()
+}
+
+/// A Kubernetes time as Gantry's.
+pub(crate) fn from_jiff(t: k8s_openapi::jiff::Timestamp) -> Timestamp {
+    chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_default()
+}
+
+/// `2026-01-01T00:00:00.123456789Z text` → (time, text).
+pub(crate) fn split(line: &str) -> Option<(Timestamp, &str)> {
+    let (ts, text) = line.split_once(' ').unwrap_or((line, ""));
+    let at = chrono::DateTime::parse_from_rfc3339(ts).ok()?;
+    Some((at.with_timezone(&chrono::Utc), text))
+}
+
+pub(crate) struct Follow {
+    pub api: Api<Pod>,
+    pub pod: String,
+    pub container: String,
+    pub step: usize,
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub events: EventSender,
+    /// Becomes true when the watch says the container terminated.
+    pub ended: watch::Receiver<bool>,
+    /// How long to wait for the container's end after a stream ends before resuming.
+    pub settle: Duration,
+    pub backoff: Duration,
+    /// A line said first (a re-attached step).
+    pub preface: Option<String>,
+}
+
+enum Read {
+    /// The server ended the stream.
+    Eof,
+    /// The connection broke.
+    Broken,
+}
+
+impl Follow {
+    async fn send(&self, cursor: &mut Cursor, at: Timestamp, stream: Stream, text: String) -> bool {
+        cursor.number += 1;
+        let line = LogLine {
+            step: self.step,
+            number: cursor.number,
+            at,
+            stream,
+            text,
+        };
+        let event = JobEvent {
+            job_id: self.job_id,
+            attempt: self.attempt,
+            at,
+            kind: JobEventKind::Log(line),
+        };
+        self.events.send(event).await.is_ok()
+    }
+
+    /// Follows the log until the container ended and everything it wrote was delivered.
+    /// Returns the log requests made.
+    pub async fn run(mut self) -> u32 {
+        let mut cursor = Cursor::default();
+        let mut requests = 0;
+        if let Some(text) = self.preface.take() {
+            self.send(&mut cursor, gantry_core::now(), Stream::System, text)
+                .await;
+        }
+        loop {
+            let ended_before = *self.ended.borrow();
+            requests += 1;
+            let read = self.read(&mut cursor).await;
+            if ended_before {
+                // The container had ended before this stream opened: it held everything.
+                return requests;
+            }
+            match read {
+                Read::Eof => {
+                    // A follow stream ends when the container does; the watch will say so.
+                    // If it does not within `settle`, the stream broke: resume.
+                    let _ = tokio::time::timeout(self.settle, self.ended.wait_for(|e| *e)).await;
+                    if *self.ended.borrow() {
+                        return requests;
+                    }
+                }
+                Read::Broken => {
+                    tokio::time::sleep(self.backoff).await;
+                }
+            }
+        }
+    }
+
+    async fn read(&self, cursor: &mut Cursor) -> Read {
+        cursor.reopen();
+        let params = LogParams {
+            container: Some(self.container.clone()),
+            follow: true,
+            timestamps: true,
+            since_time: cursor.last.and_then(to_jiff),
+            ..LogParams::default()
+        };
+        let reader = match self.api.log_stream(&self.pod, &params).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(pod = %self.pod, container = %self.container, error = %e, "log stream did not open");
+                return Read::Broken;
+            }
+        };
+        let mut lines = reader.lines();
+        loop {
+            match lines.try_next().await {
+                Ok(Some(line)) => {
+                    let Some((at, text)) = split(&line) else {
+                        continue;
+                    };
+                    if cursor.accept(at)
+                        && !self.send(cursor, at, Stream::Stdout, text.to_owned()).await
+                    {
+                        return Read::Eof;
+                    }
+                }
+                Ok(None) => return Read::Eof,
+                Err(e) => {
+                    tracing::debug!(pod = %self.pod, container = %self.container, error = %e, "log stream broke");
+                    return Read::Broken;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        split(&format!("{s} x")).unwrap().0
+    }
+
+    #[test]
+    fn lines_split_into_time_and_text() {
+        let (t, text) = split("2026-01-01T00:00:00.123456789Z hello world").unwrap();
+        assert_eq!(text, "hello world");
+        assert_eq!(t.timestamp_subsec_nanos(), 123_456_789);
+        assert_eq!(split("2026-01-01T00:00:01Z").unwrap().1, "");
+        assert!(split("garbage").is_none());
+    }
+
+    #[test]
+    fn a_resumed_stream_repeats_nothing_and_loses_nothing() {
+        let mut c = Cursor::default();
+        c.reopen();
+        let t1 = at("2026-01-01T00:00:01.1Z");
+        let t2 = at("2026-01-01T00:00:01.2Z");
+        assert!(c.accept(t1));
+        assert!(c.accept(t2));
+        assert!(c.accept(t2)); // two lines at the same instant
+        // The stream breaks; the server resends from the start of the second.
+        c.reopen();
+        assert!(!c.accept(t1));
+        assert!(!c.accept(t2));
+        assert!(!c.accept(t2));
+        assert!(c.accept(t2)); // a third line at that instant is new
+        assert!(c.accept(at("2026-01-01T00:00:02Z")));
+    }
+}

@@ -1,0 +1,395 @@
+//! What a job's pod says, turned into job events. Sans-I/O: fed Pod snapshots from the watch,
+//! it answers with the events to send and the log streams to open, so the rules are tested by
+//! feeding it objects.
+
+use std::collections::BTreeMap;
+
+use gantry_core::{JobRequest, State, StatusCondition, StepOutcome};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod};
+
+use crate::names;
+use crate::render::scripts::{MSG_EXIT, MSG_SKIPPED};
+
+/// Container waiting reasons that do not clear up on their own quickly; after a grace they end
+/// the job as `error` with Kubernetes' message.
+const STUCK: [&str; 5] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    Started,
+    StepStarted(usize),
+    /// Open the step's log stream (follow, timestamps).
+    OpenLog(usize),
+    /// The step's container ended: drain its log, then send this.
+    StepFinished(usize, StepOutcome),
+    /// A line from Gantry itself into a step's log.
+    System(usize, String),
+    /// Something keeps the pod from progressing; the job ends as `error` with this reason
+    /// unless it clears within the grace.
+    Stuck(String),
+    Unstuck,
+    Finished(State, Option<String>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Running,
+    Done,
+}
+
+/// Why the backend itself is ending the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Cancelled,
+    StepTimedOut(usize, String),
+    Stuck(String),
+}
+
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    names: Vec<String>,
+    run_if: Vec<StatusCondition>,
+    allow_failure: Vec<bool>,
+    phases: Vec<Phase>,
+    started: bool,
+    finished: bool,
+    stuck: Option<String>,
+    /// The first failure that fails the job: (state, reason).
+    failed: Option<(State, String)>,
+    ending: Option<Ending>,
+    /// Re-attached after a restart: steps already over are not reported again.
+    quiet_until_seen: bool,
+}
+
+impl Tracker {
+    pub fn new(job: &JobRequest) -> Self {
+        let steps = &job.spec.steps;
+        Self {
+            names: steps.iter().map(|s| s.name.clone()).collect(),
+            run_if: steps.iter().map(|s| s.run_if).collect(),
+            allow_failure: steps.iter().map(|s| s.allow_failure).collect(),
+            phases: vec![Phase::Waiting; steps.len()],
+            started: false,
+            finished: false,
+            stuck: None,
+            failed: None,
+            ending: None,
+            quiet_until_seen: false,
+        }
+    }
+
+    /// A tracker for an attempt picked up after a restart: what already happened was reported
+    /// by the previous process.
+    pub fn reattached(job: &JobRequest) -> Self {
+        Self {
+            quiet_until_seen: true,
+            ..Self::new(job)
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The backend is ending the pod (cancel, a step's timeout, stuck too long).
+    pub fn end(&mut self, ending: Ending) {
+        self.ending.get_or_insert(ending);
+    }
+
+    pub fn observe(&mut self, pod: &Pod) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.finished {
+            return out;
+        }
+        let quiet = std::mem::take(&mut self.quiet_until_seen);
+        let status = pod.status.clone().unwrap_or_default();
+        let mut containers: BTreeMap<String, ContainerStatus> = BTreeMap::new();
+        for c in status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten())
+        {
+            containers.insert(c.name.clone(), c.clone());
+        }
+
+        // Stuck: image pulls, missing config, nowhere to schedule.
+        let mut stuck = None;
+        for c in containers.values() {
+            if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref())
+                && let Some(reason) = w.reason.as_deref()
+                && STUCK.contains(&reason)
+            {
+                let message = w.message.clone().unwrap_or_default();
+                stuck = Some(format!(
+                    "container {} ({}): {reason}: {message}",
+                    c.name, c.image
+                ));
+                break;
+            }
+        }
+        if stuck.is_none()
+            && let Some(cond) = status.conditions.iter().flatten().find(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+        {
+            stuck = Some(format!(
+                "the pod cannot be scheduled: {}",
+                cond.message.clone().unwrap_or_default()
+            ));
+        }
+        match (&stuck, &self.stuck) {
+            (Some(s), None) => out.push(Action::Stuck(s.clone())),
+            (None, Some(_)) => out.push(Action::Unstuck),
+            _ => {}
+        }
+        self.stuck = stuck;
+
+        // The checkout.
+        if let Some(t) = terminated(containers.get(names::CLONE)) {
+            if t.exit_code != 0 {
+                let message = t.message.clone().unwrap_or_default();
+                let reason = format!(
+                    "checkout failed: exit code {}{}",
+                    t.exit_code,
+                    if message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", message.trim())
+                    }
+                );
+                out.push(Action::System(0, reason.clone()));
+                self.finished = true;
+                out.push(Action::Finished(State::Error, Some(reason)));
+                return out;
+            }
+            if !self.started {
+                self.started = true;
+                if !quiet {
+                    out.push(Action::Started);
+                }
+            }
+        }
+
+        // Steps, in order: the kubelet runs them one after another.
+        for i in 0..self.phases.len() {
+            let status = containers.get(&names::step_container(i));
+            let state = status.and_then(|c| c.state.as_ref());
+            let running = state.is_some_and(|s| s.running.is_some());
+            let done = terminated(status);
+            if self.phases[i] == Phase::Waiting && (running || done.is_some()) {
+                if !self.started {
+                    self.started = true;
+                    if !quiet {
+                        out.push(Action::Started);
+                    }
+                }
+                let skipped = !self.run_if[i].admits(self.failed.is_some());
+                if quiet && done.is_some() {
+                    // Over before the restart; the previous process reported it.
+                    self.phases[i] = Phase::Done;
+                    if let Some(t) = done {
+                        self.record(i, &outcome(t));
+                    }
+                    continue;
+                }
+                self.phases[i] = Phase::Running;
+                if !skipped {
+                    if !quiet {
+                        out.push(Action::StepStarted(i));
+                    }
+                    out.push(Action::OpenLog(i));
+                }
+            }
+            if self.phases[i] == Phase::Running
+                && let Some(t) = done
+            {
+                self.phases[i] = Phase::Done;
+                let mut outcome = outcome(t);
+                if let Some(Ending::Cancelled) = self.ending {
+                    if outcome.state != State::Success {
+                        outcome = cancelled();
+                    }
+                } else if let Some(Ending::StepTimedOut(s, why)) = &self.ending
+                    && *s == i
+                {
+                    outcome = StepOutcome {
+                        state: State::Failure,
+                        exit_code: None,
+                        reason: Some(why.clone()),
+                    };
+                }
+                if t.exit_code == 0
+                    && let Some(m) = &t.message
+                    && m.trim().starts_with("sha256:")
+                {
+                    out.push(Action::System(i, format!("pushed digest {}", m.trim())));
+                }
+                self.record(i, &outcome);
+                out.push(Action::StepFinished(i, outcome));
+            }
+            if self.phases[i] != Phase::Done {
+                break;
+            }
+        }
+
+        let phase = status.phase.as_deref().unwrap_or("Pending");
+        if matches!(phase, "Succeeded" | "Failed") {
+            let reason = status.reason.clone().unwrap_or_default();
+            let message = status.message.clone().unwrap_or_default();
+            let over = match reason.as_str() {
+                "DeadlineExceeded" => Some((
+                    State::Failure,
+                    "the job timed out (activeDeadlineSeconds)".to_owned(),
+                )),
+                "Evicted" => Some((State::Error, format!("the pod was evicted: {message}"))),
+                _ => None,
+            };
+            out.extend(self.finish(over));
+        }
+        out
+    }
+
+    fn record(&mut self, i: usize, outcome: &StepOutcome) {
+        if matches!(outcome.state, State::Failure | State::Error)
+            && !self.allow_failure[i]
+            && self.failed.is_none()
+        {
+            let reason = match (&outcome.reason, outcome.exit_code) {
+                (Some(r), _) => format!("step {:?} failed: {r}", self.names[i]),
+                (None, Some(c)) => format!("step {:?} failed with exit code {c}", self.names[i]),
+                (None, None) => format!("step {:?} failed", self.names[i]),
+            };
+            self.failed = Some((outcome.state, reason));
+        }
+    }
+
+    /// The pod is gone (deleted by us or by someone else).
+    pub fn vanished(&mut self) -> Vec<Action> {
+        if self.finished {
+            return Vec::new();
+        }
+        let over = match &self.ending {
+            Some(Ending::Cancelled) => (State::Cancelled, "cancelled".to_owned()),
+            Some(Ending::Stuck(why)) => (State::Error, why.clone()),
+            Some(Ending::StepTimedOut(..)) => (State::Failure, String::new()),
+            None => (
+                State::Error,
+                "the pod was deleted while the job ran".to_owned(),
+            ),
+        };
+        self.finish(Some(over))
+    }
+
+    /// Ends every step not over and the job.
+    fn finish(&mut self, over: Option<(State, String)>) -> Vec<Action> {
+        let mut out = Vec::new();
+        for i in 0..self.phases.len() {
+            match self.phases[i] {
+                Phase::Done => {}
+                Phase::Running => {
+                    let outcome = match &self.ending {
+                        Some(Ending::Cancelled) => cancelled(),
+                        Some(Ending::StepTimedOut(s, why)) if *s == i => StepOutcome {
+                            state: State::Failure,
+                            exit_code: None,
+                            reason: Some(why.clone()),
+                        },
+                        _ => StepOutcome {
+                            state: over.as_ref().map_or(State::Error, |o| o.0),
+                            exit_code: None,
+                            reason: over.as_ref().map(|o| o.1.clone()),
+                        },
+                    };
+                    self.record(i, &outcome);
+                    out.push(Action::StepFinished(i, outcome));
+                }
+                Phase::Waiting => out.push(Action::StepFinished(
+                    i,
+                    StepOutcome {
+                        state: State::Skipped,
+                        exit_code: None,
+                        reason: None,
+                    },
+                )),
+            }
+            self.phases[i] = Phase::Done;
+        }
+        let (state, reason) = match (over, &self.failed) {
+            (Some((State::Cancelled, r)), _) => (State::Cancelled, Some(r)),
+            (Some((State::Failure, r)), Some(f)) if r.is_empty() => {
+                (State::Failure, Some(f.1.clone()))
+            }
+            (Some((state, r)), _) => (state, Some(r)),
+            (None, Some((state, r))) => (*state, Some(r.clone())),
+            (None, None) => (State::Success, None),
+        };
+        self.finished = true;
+        out.push(Action::Finished(state, reason));
+        out
+    }
+}
+
+fn cancelled() -> StepOutcome {
+    StepOutcome {
+        state: State::Cancelled,
+        exit_code: None,
+        reason: Some("cancelled".into()),
+    }
+}
+
+fn terminated(
+    status: Option<&ContainerStatus>,
+) -> Option<&k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    status
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s: &ContainerState| s.terminated.as_ref())
+}
+
+/// A step's outcome from its container's end: the exit code, or what a guard reported in the
+/// termination message; OOM kills said as such.
+fn outcome(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> StepOutcome {
+    let message = t.message.as_deref().unwrap_or("").trim();
+    if t.exit_code == 0 {
+        if message == MSG_SKIPPED {
+            return StepOutcome {
+                state: State::Skipped,
+                exit_code: None,
+                reason: None,
+            };
+        }
+        if let Some(code) = message
+            .strip_prefix(MSG_EXIT)
+            .and_then(|c| c.parse::<i32>().ok())
+        {
+            return StepOutcome {
+                state: State::Failure,
+                exit_code: Some(code),
+                reason: None,
+            };
+        }
+        return StepOutcome {
+            state: State::Success,
+            exit_code: Some(0),
+            reason: None,
+        };
+    }
+    let reason = match t.reason.as_deref() {
+        Some("OOMKilled") => Some("OOMKilled: the container exceeded its memory limit".to_owned()),
+        _ => None,
+    };
+    StepOutcome {
+        state: State::Failure,
+        exit_code: Some(t.exit_code),
+        reason,
+    }
+}

@@ -1,0 +1,734 @@
+//! The backend against the fake API server: create, watch-driven step transitions, log resume,
+//! cancel, GC, re-attach and each error path.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gantry_core::{
+    Backend, BackendError, Checkout, JobEvent, JobEventKind, JobId, JobRequest, JobSpec, RepoRef,
+    RunId, StatusCondition, StepKind, StepSpec,
+};
+use gantry_engine::Reattach;
+use gantry_kube::{
+    CloneCredentials, GitCredentials, JobRegistry, KubeBackend, KubeConfig, Timings, names,
+};
+use tokio::sync::mpsc;
+
+use crate::fake::{self, FakeApi, Fault, LogReply, NS};
+use crate::golden::{SHA, repo};
+
+pub fn timings() -> Timings {
+    Timings {
+        stuck_grace: Duration::from_millis(200),
+        cancel_grace: Duration::from_secs(3),
+        retention: Duration::ZERO,
+        sweep_every: Duration::from_secs(3600),
+        orphan_min_age: Duration::ZERO,
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        max_attempts: 5,
+        request_timeout: Duration::from_millis(300),
+        log_drain: Duration::from_millis(300),
+    }
+}
+
+pub fn config() -> KubeConfig {
+    KubeConfig {
+        namespace: NS.into(),
+        timings: timings(),
+        ..KubeConfig::default()
+    }
+}
+
+fn step(name: &str) -> StepSpec {
+    StepSpec {
+        name: name.into(),
+        kind: StepKind::Run {
+            script: format!("echo {name}"),
+        },
+        timeout: None,
+        env: BTreeMap::new(),
+        run_if: StatusCondition::Success,
+        allow_failure: false,
+    }
+}
+
+pub fn job(steps: &[&str]) -> JobRequest {
+    JobRequest {
+        run_id: RunId::new(),
+        job_id: JobId::new(),
+        attempt: 1,
+        checkout: Checkout {
+            repo: repo(),
+            git_ref: "refs/heads/main".into(),
+            sha: SHA.into(),
+        },
+        spec: JobSpec {
+            name: "test".into(),
+            image: Some("rust:1.95".into()),
+            steps: steps.iter().map(|s| step(s)).collect(),
+            ..JobSpec::default()
+        },
+        secret_values: BTreeMap::new(),
+    }
+}
+
+struct Token;
+
+#[async_trait]
+impl CloneCredentials for Token {
+    async fn for_repo(&self, _: &RepoRef) -> Result<Option<GitCredentials>, BackendError> {
+        Ok(Some(GitCredentials {
+            username: "x-access-token".into(),
+            password: gantry_core::Secret::new("t0ken"),
+        }))
+    }
+}
+
+pub struct Harness {
+    pub fake: FakeApi,
+    pub backend: KubeBackend,
+}
+
+pub fn harness(credentials: bool) -> Harness {
+    harness_with(FakeApi::default(), credentials)
+}
+
+pub fn harness_with(fake: FakeApi, credentials: bool) -> Harness {
+    let creds: Option<Arc<dyn CloneCredentials>> = credentials.then(|| Arc::new(Token) as _);
+    let backend = KubeBackend::new(fake.client(), config(), creds);
+    Harness { fake, backend }
+}
+
+/// Receives events until `Finished`, or panics after a while.
+pub async fn until_finished(rx: &mut mpsc::Receiver<JobEvent>) -> Vec<JobEventKind> {
+    let mut out = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("the channel stays open");
+        let done = matches!(event.kind, JobEventKind::Finished { .. });
+        out.push(event.kind);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// Receives events until one matches.
+async fn until(
+    rx: &mut mpsc::Receiver<JobEvent>,
+    f: impl Fn(&JobEventKind) -> bool,
+) -> Vec<JobEventKind> {
+    let mut out = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("the channel stays open");
+        let done = f(&event.kind);
+        out.push(event.kind);
+        if done {
+            return out;
+        }
+    }
+}
+
+fn shape(events: &[JobEventKind]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e {
+            JobEventKind::Started => "started".to_owned(),
+            JobEventKind::StepStarted { step } => format!("step {step} started"),
+            JobEventKind::Log(l) => format!("log {} #{} {}", l.step, l.number, l.text),
+            JobEventKind::StepFinished { step, outcome } => format!(
+                "step {step} {}{}",
+                outcome.state,
+                outcome
+                    .exit_code
+                    .map(|c| format!(" exit {c}"))
+                    .unwrap_or_default()
+            ),
+            JobEventKind::Finished { state, reason } => {
+                format!(
+                    "finished {state}{}",
+                    reason
+                        .as_ref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                )
+            }
+        })
+        .collect()
+}
+
+pub async fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..500 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met in 5 s");
+}
+
+/// Drives a pod through clone → steps, each step printing one line, exiting with `codes`.
+pub async fn drive(fake: &FakeApi, pod: &str, codes: &[i32]) {
+    fake.update(pod, |s| {
+        fake::set(s, fake::terminated("clone", 0, None, None), false)
+    });
+    let last = codes.len() - 1;
+    for (i, code) in codes.iter().enumerate() {
+        let c = names::step_container(i);
+        fake.update(pod, |s| fake::set(s, fake::running(&c), i == last));
+        // The log task opens its stream; let the container print and end.
+        wait_for(|| {
+            (fake
+                .log_queries()
+                .iter()
+                .filter(|q| q.contains(&format!("container={c}")))
+                .count()
+                > 0)
+            .then_some(())
+        })
+        .await;
+        fake.update(pod, |s| {
+            fake::set(s, fake::terminated(&c, *code, None, None), i == last)
+        });
+        if *code != 0 {
+            break;
+        }
+    }
+    let failed = codes.iter().any(|c| *c != 0);
+    fake.update(pod, |s| {
+        s.phase = Some(if failed { "Failed" } else { "Succeeded" }.into())
+    });
+}
+
+#[tokio::test]
+async fn a_job_becomes_one_pod_and_its_steps_follow_the_container_statuses() {
+    let h = harness(true);
+    let job = job(&["build", "test"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    for (i, line) in ["building", "testing"].iter().enumerate() {
+        h.fake.script_log(
+            &pod,
+            &names::step_container(i),
+            LogReply {
+                lines: vec![format!("2026-01-01T00:00:0{i}.5Z {line}")],
+                hold: true,
+            },
+        );
+    }
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job.clone(), tx).await.unwrap();
+    assert_eq!(h.fake.pod_names(), vec![pod.clone()]);
+    // The clone credentials: a Secret owned by the pod.
+    let secrets = h.fake.secrets();
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0]["metadata"]["name"], format!("{pod}-git"));
+    assert_eq!(
+        secrets[0]["metadata"]["ownerReferences"][0]["uid"],
+        format!("uid-{pod}")
+    );
+    assert_eq!(secrets[0]["stringData"]["password"], "t0ken");
+
+    drive(&h.fake, &pod, &[0, 3]).await;
+    let events = until_finished(&mut rx).await;
+    assert_eq!(
+        shape(&events),
+        [
+            "started",
+            "step 0 started",
+            "log 0 #1 building",
+            "step 0 success exit 0",
+            "step 1 started",
+            "log 1 #1 testing",
+            "step 1 failure exit 3",
+            "finished failure: step \"test\" failed with exit code 3",
+        ]
+    );
+    // Logs were followed with timestamps, one stream per step.
+    let queries = h.fake.log_queries();
+    assert_eq!(queries.len(), 2, "{queries:?}");
+    assert!(
+        queries
+            .iter()
+            .all(|q| q.contains("follow=true") && q.contains("timestamps=true"))
+    );
+    assert_eq!(h.fake.count("create pods"), 1);
+    assert_eq!(h.fake.count("list pods"), 1, "one watch (one list) for all jobs");
+    assert_eq!(h.backend.running(), 0);
+}
+
+#[tokio::test]
+async fn a_broken_log_stream_resumes_from_the_last_timestamp_without_duplicates() {
+    let h = harness(false);
+    let job = job(&["only"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let c = names::step_container(0);
+    // First stream: two lines, then the connection ends though the container still runs.
+    h.fake.script_log(
+        &pod,
+        &c,
+        LogReply {
+            lines: vec![
+                "2026-01-01T00:00:01.100Z one".into(),
+                "2026-01-01T00:00:01.200Z two".into(),
+            ],
+            hold: false,
+        },
+    );
+    // The resumed stream starts at the whole second: it repeats both, then goes on.
+    h.fake.script_log(
+        &pod,
+        &c,
+        LogReply {
+            lines: vec![
+                "2026-01-01T00:00:01.100Z one".into(),
+                "2026-01-01T00:00:01.200Z two".into(),
+                "2026-01-01T00:00:01.200Z two again".into(),
+                "2026-01-01T00:00:02Z three".into(),
+            ],
+            hold: true,
+        },
+    );
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job, tx).await.unwrap();
+    h.fake.update(&pod, |s| {
+        fake::set(s, fake::terminated("clone", 0, None, None), false)
+    });
+    h.fake
+        .update(&pod, |s| fake::set(s, fake::running(&c), true));
+    wait_for(|| (h.fake.log_queries().len() >= 2).then_some(())).await;
+    h.fake.update(&pod, |s| {
+        fake::set(s, fake::terminated(&c, 0, None, None), true);
+        s.phase = Some("Succeeded".into());
+    });
+    let events = until_finished(&mut rx).await;
+    let logs: Vec<String> = shape(&events)
+        .into_iter()
+        .filter(|l| l.starts_with("log"))
+        .collect();
+    assert_eq!(
+        logs,
+        [
+            "log 0 #1 one",
+            "log 0 #2 two",
+            "log 0 #3 two again",
+            "log 0 #4 three"
+        ]
+    );
+    let queries = h.fake.log_queries();
+    assert_eq!(queries.len(), 2);
+    assert!(!queries[0].contains("sinceTime"));
+    // sinceTime has one-second precision: the resumed stream starts at the last line's second.
+    assert!(
+        queries[1].contains("sinceTime=2026-01-01T00%3A00%3A01Z"),
+        "{}",
+        queries[1]
+    );
+}
+
+#[tokio::test]
+async fn cancel_deletes_the_pod_and_ends_the_attempt_cancelled() {
+    let h = harness(false);
+    let job = job(&["long"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job.clone(), tx).await.unwrap();
+    h.fake.update(&pod, |s| {
+        fake::set(s, fake::terminated("clone", 0, None, None), false)
+    });
+    h.fake
+        .update(&pod, |s| fake::set(s, fake::running("step-0"), true));
+    until(&mut rx, |e| matches!(e, JobEventKind::StepStarted { .. })).await;
+    h.backend.cancel(job.job_id, job.attempt).await.unwrap();
+    let events = until_finished(&mut rx).await;
+    assert_eq!(
+        shape(&events).last().unwrap(),
+        "finished cancelled: cancelled"
+    );
+    assert!(shape(&events).contains(&"step 0 cancelled".to_owned()));
+    let deletes = h.fake.deletes();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(
+        deletes[0].starts_with(&pod) && deletes[0].contains("\"gracePeriodSeconds\":3"),
+        "{deletes:?}"
+    );
+    // Cancelling again, or an unknown attempt, is not an error.
+    h.backend.cancel(job.job_id, job.attempt).await.unwrap();
+}
+
+struct Known(Vec<JobId>);
+
+#[async_trait]
+impl JobRegistry for Known {
+    async fn knows(&self, _: RunId, job: JobId, _: u32) -> bool {
+        self.0.contains(&job)
+    }
+}
+
+fn pod_of(job: &JobRequest, phase: &str) -> k8s_openapi::api::core::v1::Pod {
+    let mut pod = gantry_kube::render(
+        job,
+        &config(),
+        &gantry_kube::RenderOptions {
+            origin: gantry_kube::PullRequestOrigin::None,
+            clone_credentials: false,
+        },
+    )
+    .unwrap()
+    .pod;
+    pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        phase: Some(phase.into()),
+        ..Default::default()
+    });
+    pod
+}
+
+#[tokio::test]
+async fn the_sweeper_deletes_finished_pods_and_orphans_but_not_known_running_pods() {
+    let fake = FakeApi::default();
+    let finished = job(&["a"]);
+    let orphan = job(&["b"]);
+    let known = job(&["c"]);
+    for (j, phase) in [
+        (&finished, "Succeeded"),
+        (&orphan, "Running"),
+        (&known, "Running"),
+    ] {
+        fake.insert(pod_of(j, phase));
+    }
+    let h = harness_with(fake, false);
+    assert!(h.backend.ready().await);
+    let mut deleted = h.backend.sweep(&Known(vec![known.job_id])).await;
+    deleted.sort();
+    let mut expected = vec![
+        names::pod_name(finished.job_id, 1),
+        names::pod_name(orphan.job_id, 1),
+    ];
+    expected.sort();
+    assert_eq!(deleted, expected);
+    assert_eq!(h.fake.pod_names(), vec![names::pod_name(known.job_id, 1)]);
+    assert_eq!(
+        h.fake.count("list pods"),
+        1,
+        "the sweeper reads the watch cache"
+    );
+}
+
+#[tokio::test]
+async fn after_a_restart_running_attempts_are_picked_up_and_vanished_ones_are_not() {
+    let fake = FakeApi::default();
+    let running = job(&["first", "second"]);
+    let pod = names::pod_name(running.job_id, 1);
+    let mut p = pod_of(&running, "Running");
+    let status = p.status.as_mut().unwrap();
+    fake::set(status, fake::terminated("clone", 0, None, None), false);
+    fake::set(status, fake::terminated("step-0", 0, None, None), false);
+    fake::set(status, fake::running("step-1"), true);
+    fake.insert(p);
+    fake.script_log(
+        &pod,
+        "step-1",
+        LogReply {
+            lines: vec!["2026-01-01T00:00:05Z still here".into()],
+            hold: true,
+        },
+    );
+    let h = harness_with(fake, false);
+
+    let (tx, mut rx) = mpsc::channel(64);
+    assert!(
+        h.backend
+            .reattach(running.clone(), tx.clone())
+            .await
+            .unwrap()
+    );
+    assert!(!h.backend.reattach(job(&["gone"]), tx).await.unwrap());
+    wait_for(|| (!h.fake.log_queries().is_empty()).then_some(())).await;
+    h.fake.update(&pod, |s| {
+        fake::set(s, fake::terminated("step-1", 0, None, None), true);
+        s.phase = Some("Succeeded".into());
+    });
+    let events = shape(&until_finished(&mut rx).await);
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events[0].starts_with("log 1 #1 re-attached after a restart"));
+    assert_eq!(
+        events[1..],
+        [
+            "log 1 #2 still here",
+            "step 1 success exit 0",
+            "finished success"
+        ]
+    );
+    assert_eq!(h.fake.count("create pods"), 0);
+}
+
+#[tokio::test]
+async fn rate_limits_and_server_errors_are_retried_honouring_retry_after() {
+    let h = harness(false);
+    h.fake.fault("create pods", Fault::Status(429, 1));
+    h.fake.fault("create pods", Fault::Status(503, 0));
+    let job = job(&["a"]);
+    let (tx, _rx) = mpsc::channel(64);
+    let started = tokio::time::Instant::now();
+    h.backend.start(job, tx).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was honoured"
+    );
+    assert_eq!(h.fake.count("create pods"), 3);
+    assert_eq!(h.fake.pod_names().len(), 1);
+}
+
+#[tokio::test]
+async fn a_create_that_timed_out_is_looked_up_by_name_and_never_repeated() {
+    let h = harness(false);
+    h.fake.fault("create pods", Fault::HangAfterApplying);
+    let job = job(&["a"]);
+    let (tx, _rx) = mpsc::channel(64);
+    h.backend.start(job, tx).await.unwrap();
+    assert_eq!(h.fake.count("create pods"), 1);
+    assert_eq!(h.fake.count("get pods"), 1);
+    assert_eq!(h.fake.pod_names().len(), 1);
+}
+
+#[tokio::test]
+async fn a_conflict_adopts_the_pod_of_the_same_attempt_and_refuses_another() {
+    let fake = FakeApi::default();
+    let job = job(&["a"]);
+    fake.insert(pod_of(&job, "Pending"));
+    let h = harness_with(fake, false);
+    let (tx, _rx) = mpsc::channel(64);
+    h.backend.start(job.clone(), tx).await.unwrap();
+    assert_eq!(h.fake.count("create pods"), 1);
+    assert_eq!(h.fake.count("get pods"), 1);
+    // The same name with another attempt's labels is refused.
+    let fake = FakeApi::default();
+    let mut other = pod_of(&job, "Pending");
+    other
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(names::JOB.into(), JobId::new().to_string());
+    fake.insert(other);
+    let h = harness_with(fake, false);
+    let (tx, _rx) = mpsc::channel(64);
+    let err = h.backend.start(job, tx).await.unwrap_err();
+    assert!(
+        err.to_string().contains("belongs to another job attempt"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    let h = harness(false);
+    h.fake.fault("create pods", Fault::Status(403, 0));
+    let (tx, _rx) = mpsc::channel(64);
+    let err = h.backend.start(job(&["a"]), tx).await.unwrap_err();
+    assert!(matches!(err, BackendError::Unavailable { .. }), "{err}");
+    assert_eq!(h.fake.count("create pods"), 1);
+    assert_eq!(h.backend.running(), 0);
+}
+
+async fn stuck_with(set: impl Fn(&mut k8s_openapi::api::core::v1::PodStatus)) -> Vec<String> {
+    let h = harness(false);
+    let job = job(&["a"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job, tx).await.unwrap();
+    h.fake.update(&pod, set);
+    let events = shape(&until_finished(&mut rx).await);
+    assert!(h.fake.pod(&pod).is_none(), "the stuck pod was deleted");
+    events
+}
+
+#[tokio::test]
+async fn image_pull_and_config_errors_end_the_job_after_the_grace() {
+    let events = stuck_with(|s| {
+        fake::set(s, fake::terminated("clone", 0, None, None), false);
+        fake::set(
+            s,
+            fake::waiting(
+                "step-0",
+                "ImagePullBackOff",
+                "Back-off pulling image \"rust:9\"",
+            ),
+            true,
+        );
+    })
+    .await;
+    assert_eq!(
+        events.last().unwrap(),
+        "finished error: container step-0 (img): ImagePullBackOff: Back-off pulling image \"rust:9\""
+    );
+    let events = stuck_with(|s| {
+        fake::set(
+            s,
+            fake::waiting(
+                "clone",
+                "CreateContainerConfigError",
+                "secret \"x\" not found",
+            ),
+            false,
+        );
+    })
+    .await;
+    assert!(
+        events
+            .last()
+            .unwrap()
+            .contains("CreateContainerConfigError: secret \"x\" not found")
+    );
+    let events = stuck_with(|s| {
+        s.conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some("0/3 nodes are available: 3 Insufficient memory.".into()),
+            ..Default::default()
+        }]);
+    })
+    .await;
+    assert_eq!(
+        events.last().unwrap(),
+        "finished error: the pod cannot be scheduled: 0/3 nodes are available: 3 Insufficient memory."
+    );
+}
+
+#[tokio::test]
+async fn a_stuck_state_that_clears_within_the_grace_is_forgotten() {
+    let h = harness(false);
+    let job = job(&["a"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job, tx).await.unwrap();
+    h.fake.update(&pod, |s| {
+        fake::set(
+            s,
+            fake::waiting("clone", "CreateContainerConfigError", "secret not found"),
+            false,
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drive(&h.fake, &pod, &[0]).await;
+    let events = shape(&until_finished(&mut rx).await);
+    assert_eq!(events.last().unwrap(), "finished success");
+}
+
+#[tokio::test]
+async fn oom_kills_and_evictions_are_reported_as_such() {
+    let h = harness(false);
+    let job = job(&["a"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job, tx).await.unwrap();
+    h.fake.update(&pod, |s| {
+        fake::set(s, fake::terminated("clone", 0, None, None), false);
+        fake::set(
+            s,
+            fake::terminated("step-0", 137, Some("OOMKilled"), None),
+            true,
+        );
+        s.phase = Some("Failed".into());
+    });
+    let events = shape(&until_finished(&mut rx).await);
+    assert_eq!(
+        events.last().unwrap(),
+        "finished failure: step \"a\" failed: OOMKilled: the container exceeded its memory limit"
+    );
+
+    let job = crate::backend::job(&["a"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job, tx).await.unwrap();
+    h.fake.update(&pod, |s| {
+        fake::set(s, fake::terminated("clone", 0, None, None), false);
+        fake::set(s, fake::running("step-0"), true);
+    });
+    h.fake.update(&pod, |s| {
+        fake::set(
+            s,
+            fake::terminated("step-0", 137, Some("Error"), None),
+            true,
+        );
+        s.phase = Some("Failed".into());
+        s.reason = Some("Evicted".into());
+        s.message = Some("The node was low on resource: ephemeral-storage.".into());
+    });
+    let events = shape(&until_finished(&mut rx).await);
+    assert_eq!(
+        events.last().unwrap(),
+        "finished error: the pod was evicted: The node was low on resource: ephemeral-storage."
+    );
+}
+
+#[tokio::test]
+async fn a_pod_deleted_behind_our_back_ends_the_job_as_error() {
+    let h = harness(false);
+    let job = job(&["a"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job, tx).await.unwrap();
+    h.fake.remove(&pod);
+    let events = shape(&until_finished(&mut rx).await);
+    assert_eq!(
+        events,
+        [
+            "step 0 skipped",
+            "finished error: the pod was deleted while the job ran"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_expired_watch_relists_and_keeps_following() {
+    let h = harness(false);
+    let job = job(&["a"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job, tx).await.unwrap();
+    assert!(h.backend.ready().await);
+    h.fake.expire_watches();
+    wait_for(|| (h.fake.count("list pods") >= 2).then_some(())).await;
+    drive(&h.fake, &pod, &[0]).await;
+    let events = shape(&until_finished(&mut rx).await);
+    assert_eq!(events.last().unwrap(), "finished success");
+}
+
+#[tokio::test]
+async fn a_checkout_failure_ends_the_job_as_error_before_it_starts() {
+    let h = harness(false);
+    let job = job(&["a"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job, tx).await.unwrap();
+    h.fake.update(&pod, |s| {
+        fake::set(
+            s,
+            fake::terminated(
+                "clone",
+                128,
+                Some("Error"),
+                Some("fatal: couldn't find remote ref"),
+            ),
+            false,
+        );
+        s.phase = Some("Failed".into());
+    });
+    let events = shape(&until_finished(&mut rx).await);
+    assert_eq!(
+        events,
+        [
+            "log 0 #1 checkout failed: exit code 128: fatal: couldn't find remote ref",
+            "finished error: checkout failed: exit code 128: fatal: couldn't find remote ref",
+        ]
+    );
+}
