@@ -18,7 +18,11 @@ pub struct RenderArgs {
     #[arg(long, value_enum, default_value_t = RenderEvent::Push, env = "GANTRY_RENDER_EVENT")]
     pub event: RenderEvent,
     /// The full ref (`refs/heads/main`, `refs/tags/v1.0`, `refs/pull/7/head`).
-    #[arg(long = "ref", default_value = "refs/heads/main", env = "GANTRY_RENDER_REF")]
+    #[arg(
+        long = "ref",
+        default_value = "refs/heads/main",
+        env = "GANTRY_RENDER_REF"
+    )]
     pub git_ref: String,
     /// The commit.
     #[arg(
