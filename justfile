@@ -7,16 +7,21 @@ gantry := "target/debug/gantry"
 default:
     @just --list --unsorted
 
-# Run Gantry on an example repository: a pipeline with jobs, needs and a matrix, as local processes.
-demo: build
+# Gantry doing its job here on embedded defaults: `gantry serve` (SQLite, local backend,
+# 127.0.0.1:8080) receives a signed push webhook for examples/demo and runs its pipeline.
+demo *ARGS: build
+    scripts/demo {{ARGS}}
+
+# The same pipeline with `gantry run` (no server): live, coloured output per step.
+demo-run: build
     #!/usr/bin/env bash
     set -euo pipefail
     dir=$(mktemp -d -t gantry-demo.XXXXXX)
+    trap 'rm -rf "$dir"' EXIT
     cp -R examples/demo/. "$dir"
     git -C "$dir" init -q -b main
     git -C "$dir" add -A
     git -C "$dir" -c user.name=Gantry -c user.email=demo@localhost -c commit.gpgsign=false commit -qm "Demo app"
-    echo "Demo repository: $dir"
     cd "$dir" && "{{justfile_directory()}}/{{gantry}}" run
 
 # The whole test suite, as CI runs it: formatting, lints, generated files, every test, fuzzing.
