@@ -25,8 +25,9 @@ mod status;
 
 pub use config::{EngineConfig, RepoSupersede, ReporterConfig, SupersedePolicy};
 pub use engine::{Engine, Reattach};
+pub use gantry_logs::Logs;
 pub use gantry_store::{Page, RunFilter, RunRecord};
-pub use logs::{FileLogSink, LogSink};
+pub use logs::LogSink;
 pub use machine::{RESTART_REASON, SKIP_NOTHING_FAILED, SKIP_UPSTREAM_FAILED};
 
 use gantry_core::{JobId, RunId};

@@ -1,66 +1,48 @@
-//! Where step output goes. The engine appends every [`LogLine`] a backend reports to a
-//! [`LogSink`]; the default keeps one file per step under the data directory.
-
-use std::path::{Path, PathBuf};
+//! Where step output goes. The engine hands every [`LogLine`] a backend reports to a
+//! [`LogSink`], and tells it when attempts start (with the secrets to mask) and when steps and
+//! attempts end. The sink Gantry uses is [`gantry_logs::Logs`]: masking, the indexed store
+//! under the data directory and the live hub.
 
 use async_trait::async_trait;
-use gantry_core::{JobId, LogLine, Stream};
-use tokio::io::AsyncWriteExt;
+use gantry_core::{JobId, JobRequest, LogLine};
+use gantry_logs::{Logs, StepKey};
 
 /// Stores log lines as they arrive.
 #[async_trait]
 pub trait LogSink: Send + Sync + 'static {
     async fn append(&self, job_id: JobId, attempt: u32, line: &LogLine) -> std::io::Result<()>;
-}
 
-/// One append-only file per step: `<root>/<job id>/<attempt>/<step>.log`, each line
-/// `<RFC 3339 time> <stdout|stderr|system> <text>`. Attempts never share a file, so a retry
-/// keeps the failed attempt's log.
-#[derive(Clone, Debug)]
-pub struct FileLogSink {
-    root: PathBuf,
-}
+    /// An attempt is about to start: no line of it has arrived yet.
+    async fn attempt_started(&self, _job: &JobRequest) {}
 
-impl FileLogSink {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
+    /// A step ended: every line of it has been appended.
+    async fn step_finished(&self, _job_id: JobId, _attempt: u32, _step: usize) {}
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The file that holds a step's log.
-    pub fn path(&self, job_id: JobId, attempt: u32, step: usize) -> PathBuf {
-        self.root
-            .join(job_id.to_string())
-            .join(attempt.to_string())
-            .join(format!("{step}.log"))
-    }
+    /// An attempt ended: no more lines will come.
+    async fn attempt_finished(&self, _job_id: JobId, _attempt: u32) {}
 }
 
 #[async_trait]
-impl LogSink for FileLogSink {
+impl LogSink for Logs {
     async fn append(&self, job_id: JobId, attempt: u32, line: &LogLine) -> std::io::Result<()> {
-        let path = self.path(job_id, attempt, line.step);
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
+        Logs::append(self, job_id, attempt, line)
+            .map(drop)
+            .map_err(std::io::Error::other)
+    }
+
+    async fn attempt_started(&self, job: &JobRequest) {
+        self.set_secrets(job.job_id, job.attempt, job.secret_values.values());
+    }
+
+    async fn step_finished(&self, job_id: JobId, attempt: u32, step: usize) {
+        if let Err(err) = self.close_step(StepKey::new(job_id, attempt, step)) {
+            tracing::warn!(job = %job_id, step, %err, "cannot close a step log");
         }
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .await?;
-        let stream = match line.stream {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-            Stream::System => "system",
-        };
-        let text = format!(
-            "{} {stream} {}\n",
-            line.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            line.text
-        );
-        file.write_all(text.as_bytes()).await
+    }
+
+    async fn attempt_finished(&self, job_id: JobId, attempt: u32) {
+        if let Err(err) = self.close_attempt(job_id, attempt) {
+            tracing::warn!(job = %job_id, %err, "cannot close an attempt's logs");
+        }
     }
 }

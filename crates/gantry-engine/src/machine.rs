@@ -525,9 +525,12 @@ impl Inner {
             },
         );
         tracing::debug!(job = %job.id, attempt = job.attempt, name = %job.name, "starting job");
+        let job_request = request(&run, &job);
+        // Before the backend can send a line: the log sink learns the secrets to mask.
+        self.logs.attempt_started(&job_request).await;
         if let Err(err) = self
             .backend
-            .start(request(&run, &job), self.events_tx.clone())
+            .start(job_request, self.events_tx.clone())
             .await
         {
             tracing::warn!(job = %job.id, %err, "backend refused the job");
@@ -632,6 +635,13 @@ impl Inner {
                 tracing::warn!(job = %job_id, %err, "cannot store a log line");
             }
             return Ok(false);
+        }
+        match &event.kind {
+            JobEventKind::StepFinished { step, .. } => {
+                self.logs.step_finished(job_id, attempt, *step).await;
+            }
+            JobEventKind::Finished { .. } => self.logs.attempt_finished(job_id, attempt).await,
+            _ => {}
         }
         let mut active = self.active.lock().await;
         if let JobEventKind::Finished { state, reason } = event.kind {
@@ -920,10 +930,9 @@ impl Inner {
             if let Some(reattach) = &self.reattach
                 && let Some(run) = self.store.get_run(job.run_id).await?
             {
-                match reattach
-                    .reattach(request(&run, &job), self.events_tx.clone())
-                    .await
-                {
+                let job_request = request(&run, &job);
+                self.logs.attempt_started(&job_request).await;
+                match reattach.reattach(job_request, self.events_tx.clone()).await {
                     Ok(true) => {
                         active.insert(
                             (job.id, job.attempt),

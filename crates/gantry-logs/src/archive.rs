@@ -183,7 +183,7 @@ mod object {
 
     use async_trait::async_trait;
     use object_store::path::Path as ObjectPath;
-    use object_store::{ObjectStore, WriteMultipart};
+    use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
     use tokio::io::AsyncReadExt;
 
     use super::{Archive, Range, Result};

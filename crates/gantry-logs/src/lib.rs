@@ -324,7 +324,7 @@ impl Logs {
     pub async fn raw(
         &self,
         key: StepKey,
-    ) -> Result<Option<impl Stream<Item = io::Result<Vec<u8>>> + Send + 'static>> {
+    ) -> Result<Option<impl Stream<Item = io::Result<Vec<u8>>> + Send + 'static + use<>>> {
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
         if self.0.store.exists(key) {
             let this = self.clone();
@@ -362,7 +362,7 @@ impl Logs {
         key: StepKey,
         from: u64,
         until_idle: bool,
-    ) -> impl Stream<Item = Result<Vec<Arc<SharedLine>>>> + Send + 'static {
+    ) -> impl Stream<Item = Result<Vec<Arc<SharedLine>>>> + Send + 'static + use<> {
         struct State {
             logs: Logs,
             key: StepKey,

@@ -49,8 +49,10 @@ fn parse_event(name: &str) -> Result<Event, ApiError> {
 
 pub async fn list_runs(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    authorize_read(&state, &headers)?;
     let filter = RunFilter {
         repo: q.repository,
         branch: q.branch,
@@ -78,8 +80,10 @@ pub async fn list_runs(
 
 pub async fn get_run(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<RunView>, ApiError> {
+    authorize_read(&state, &headers)?;
     let id: RunId = id
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a run id")))?;
@@ -97,7 +101,7 @@ pub async fn get_run(
     Ok(Json(view))
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = state.api_token.as_deref() else {
         return Err(ApiError::Unauthorized(
             "this server has no API token configured (GANTRY_API_TOKEN): changes through the API are off".into(),
@@ -112,6 +116,53 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::Unauthorized("wrong token".into()))
+    }
+}
+
+/// The token a request carries: `Authorization: Bearer …`, or (for pages and the browser's
+/// EventSource, which cannot set headers) the viewer's `gantry_token` cookie.
+fn presented_token(headers: &HeaderMap, cookie_too: bool) -> Option<String> {
+    if let Some(t) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(t.to_owned());
+    }
+    if !cookie_too {
+        return None;
+    }
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("gantry_token="))
+        .map(|t| {
+            form_urlencoded::parse(format!("t={t}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        })
+}
+
+/// Does this request carry the API token? (Header or cookie: for showing things, never for
+/// changing them — a cookie would let other sites act for the user.)
+pub(crate) fn has_read_token(state: &AppState, headers: &HeaderMap) -> bool {
+    match (state.api_token.as_deref(), presented_token(headers, true)) {
+        (Some(expected), Some(given)) => bool::from(given.as_bytes().ct_eq(expected.as_bytes())),
+        _ => false,
+    }
+}
+
+/// Reads are public unless the server is configured to keep them behind the token.
+pub(crate) fn authorize_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if !state.private_reads || has_read_token(state, headers) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "reading needs the API token (`Authorization: Bearer <token>`)".into(),
+        ))
     }
 }
 

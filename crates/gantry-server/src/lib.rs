@@ -1,5 +1,6 @@
-//! Gantry's HTTP side: webhook intake (`POST /hooks/{forge}`), the JSON API under `/api/v1`,
-//! and `/healthz` / `/readyz`.
+//! Gantry's HTTP side: webhook intake (`POST /hooks/{forge}`), the JSON API under `/api/v1`
+//! (with step logs as pages, raw text and a live SSE follow), the web viewer (server-rendered
+//! HTML with a little plain JavaScript, no build step) and `/healthz` / `/readyz`.
 //!
 //! A webhook is verified over its raw body, parsed, stored durably and answered `202` — planning
 //! happens after the answer, in [`intake`], so a slow forge or cluster never makes a delivery
@@ -9,6 +10,9 @@ mod api;
 mod error;
 mod hooks;
 pub mod intake;
+mod logs_api;
+pub mod openapi;
+mod viewer;
 mod views;
 
 use std::collections::HashMap;
@@ -26,6 +30,8 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+/// The log service the server reads from, for binaries that wire it.
+pub use gantry_logs;
 pub use intake::PipelineSource;
 pub use views::{JobView, RunView, StepView};
 
@@ -45,6 +51,10 @@ pub struct App {
     pub api_token: Option<String>,
     /// The viewer's base URL, for links in API answers.
     pub public_url: String,
+    /// Step logs: pages, search, raw text and the live follow.
+    pub logs: gantry_logs::Logs,
+    /// Reads (API and viewer) need the API token too; otherwise they are public.
+    pub private_reads: bool,
 }
 
 impl std::fmt::Debug for App {
@@ -82,17 +92,30 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/retry", post(api::retry_job))
         .route("/api/v1/deliveries/{forge}/{id}", get(api::get_delivery))
         .route("/api/v1/trigger", post(api::trigger));
+    let step_log = "/api/v1/jobs/{job}/attempts/{attempt}/steps/{step}/log";
+    let logs = Router::new()
+        .route("/api/v1/jobs/{id}", get(logs_api::get_job))
+        .route(step_log, get(logs_api::page))
+        .route(&format!("{step_log}/search"), get(logs_api::search))
+        .route("/api/v1/openapi.json", get(openapi::serve));
+    // Long-lived: outside the request timeout (they end on shutdown instead).
+    let live = Router::new()
+        .route(&format!("{step_log}/follow"), get(logs_api::follow))
+        .route(&format!("{step_log}/raw"), get(logs_api::raw));
     let health = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(api::ready));
     Router::new()
         .merge(hooks)
         .merge(api)
+        .merge(logs)
+        .merge(viewer::routes())
         .merge(health)
         .layer(TimeoutLayer::with_status_code(
             http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
+        .merge(live)
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -18,6 +18,9 @@ pub struct RunView {
     pub tag: Option<String>,
     pub pull_request: Option<u64>,
     pub commit: String,
+    /// The commit on the forge's web pages, when the forge said where they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_url: Option<String>,
     pub message: Option<String>,
     pub author: Option<String>,
     pub event: String,
@@ -107,6 +110,7 @@ impl From<&RunRecord> for RunView {
             tag: t.tag.clone(),
             pull_request: t.pull_request.as_ref().map(|pr| pr.number),
             commit: t.sha.clone(),
+            commit_url: commit_url(&t.repo, &t.sha),
             message: t.message.clone(),
             author: t.actor.clone(),
             event: t.event.to_string(),
@@ -118,4 +122,17 @@ impl From<&RunRecord> for RunView {
             jobs: r.run.jobs.iter().map(JobView::from).collect(),
         }
     }
+}
+
+/// The commit's page on its forge: GitLab puts commits under `/-/commit/`, GitHub and Gitea
+/// under `/commit/`.
+pub fn commit_url(repo: &gantry_core::RepoRef, sha: &str) -> Option<String> {
+    let web = repo.web_url.as_deref()?.trim_end_matches('/');
+    if !(web.starts_with("https://") || web.starts_with("http://")) {
+        return None;
+    }
+    Some(match repo.forge {
+        gantry_core::ForgeKind::Gitlab => format!("{web}/-/commit/{sha}"),
+        _ => format!("{web}/commit/{sha}"),
+    })
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use gantry_core::fake::{FakeBackend, FakeForge, FakeStep};
 use gantry_core::{Event, ForgeKind, Job, PullRequest, RepoRef, RunId, State, Trigger};
-use gantry_engine::{Engine, EngineConfig, FileLogSink, ReporterConfig, RunRecord};
+use gantry_engine::{Engine, EngineConfig, Logs, ReporterConfig, RunRecord};
+use gantry_logs::LogStore;
 use gantry_store::{OutboxEntry, Store};
 
 pub const LONG: Duration = Duration::from_secs(3600);
@@ -60,7 +61,7 @@ impl Harness {
     ) -> Self {
         let store = Store::open(&url).await.unwrap();
         let backend = FakeBackend::new();
-        let logs = FileLogSink::new(dir.path().join("logs"));
+        let logs = Logs::open(dir.path().join("logs")).unwrap();
         let mut engine = Engine::new(
             store,
             Arc::new(backend.clone()),
@@ -80,8 +81,8 @@ impl Harness {
         }
     }
 
-    pub fn logs(&self) -> FileLogSink {
-        FileLogSink::new(self.dir.path().join("logs"))
+    pub fn logs(&self) -> LogStore {
+        LogStore::new(self.dir.path().join("logs"))
     }
 
     pub fn store(&self) -> &Store {

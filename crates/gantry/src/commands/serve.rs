@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use gantry_core::{Backend, Forge, ForgeKind};
-use gantry_engine::{Engine, EngineConfig, FileLogSink, RepoSupersede};
+use gantry_engine::{Engine, EngineConfig, Logs, RepoSupersede};
 use gantry_forge::{
     GitReader, GiteaClient, GithubApp, GithubAuth, GithubClient, GitlabClient, Token,
     WebhookSecrets,
@@ -46,6 +46,15 @@ pub struct ServeArgs {
     /// At most this many jobs of one repository run at once.
     #[arg(long, env = "GANTRY_MAX_RUNNING_PER_REPO")]
     pub max_running_per_repo: Option<usize>,
+    /// Reads (the API and the web viewer) need the API token too. Default: public.
+    #[arg(long, env = "GANTRY_PRIVATE_READS")]
+    pub private_reads: bool,
+    /// Delete step logs last written more than this many days ago.
+    #[arg(long, env = "GANTRY_LOG_RETENTION_DAYS")]
+    pub log_retention_days: Option<u64>,
+    /// Then delete the oldest step logs until all fit in this many bytes.
+    #[arg(long, env = "GANTRY_LOG_MAX_BYTES")]
+    pub log_max_bytes: Option<u64>,
     #[command(flatten)]
     pub github: GithubArgs,
     #[command(flatten)]
@@ -325,8 +334,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..LocalConfig::default()
     }));
     std::fs::create_dir_all(data_dir.join("work"))?;
-    let logs = Arc::new(FileLogSink::new(data_dir.join("logs")));
-    let engine = Engine::new(store, backend, forges, logs, config);
+    let logs = Logs::open(data_dir.join("logs")).context("cannot open the log store")?;
+    let engine = Engine::new(store, backend, forges, Arc::new(logs.clone()), config);
     engine.start().await.context("cannot start the engine")?;
 
     let state = AppState(Arc::new(App {
@@ -336,12 +345,32 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         git: git_reader.clone(),
         api_token: args.api_token.clone().or_else(|| file.api_token.clone()),
         public_url: public_url.clone(),
+        logs: logs.clone(),
+        private_reads: args.private_reads,
     }));
+    if args.log_retention_days.is_some() || args.log_max_bytes.is_some() {
+        let retention = gantry_server::gantry_logs::Retention {
+            max_age: args
+                .log_retention_days
+                .map(|d| std::time::Duration::from_secs(d * 86_400)),
+            max_bytes: args.log_max_bytes,
+        };
+        let stop = engine.shutdown_token();
+        tokio::spawn(async move {
+            logs.retain(
+                retention,
+                std::time::Duration::from_secs(600),
+                stop.cancelled_owned(),
+            )
+            .await
+        });
+    }
     let recover = state.clone();
     tokio::spawn(async move { gantry_server::intake::recover(&recover).await });
 
     println!("Gantry is listening on http://{local}");
     println!("  webhooks:  {public_url}/hooks/github · /hooks/gitlab · /hooks/gitea");
+    println!("  viewer:    {public_url}/runs");
     println!("  API:       {public_url}/api/v1/runs");
     println!(
         "  data:      {} ({})",

@@ -1,0 +1,8 @@
+//! gantry-server integration tests: the log API and SSE over real loopback connections,
+//! secrets, the OpenAPI document, the viewer's pages, and the viewer in headless Chromium.
+
+mod browser;
+mod logs_api;
+mod openapi;
+mod support;
+mod viewer;

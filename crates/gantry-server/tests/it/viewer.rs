@@ -1,0 +1,106 @@
+use gantry_core::State;
+
+use crate::support::Harness;
+
+#[tokio::test]
+async fn the_runs_list_shows_runs_filters_and_pages() {
+    let h = Harness::new(false).await;
+    let mut ids = Vec::new();
+    for i in 0..27 {
+        ids.push(
+            h.push(
+                if i % 2 == 0 { "main" } else { "feature/x" },
+                &format!("commit {i}"),
+            )
+            .await,
+        );
+    }
+    let (status, html) = h.get("/runs", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        html.matches(r#"<tr class="run""#).count(),
+        25,
+        "a page of 25"
+    );
+    assert!(html.contains("acme/app") && html.contains("commit 26") && html.contains("octocat"));
+    assert!(html.contains("https://git.example.com/acme/app/commit/0123456789abcdef"));
+    assert!(html.contains(r#"rel="next""#));
+    let next = html.split(r#"rel="next" href=""#).nth(1).unwrap();
+    let next = next.split('"').next().unwrap().replace("&amp;", "&");
+    let (_, older) = h.get(&next, None).await;
+    assert_eq!(older.matches(r#"<tr class="run""#).count(), 2);
+
+    let (_, feature) = h.get("/runs?branch=feature%2Fx", None).await;
+    assert_eq!(feature.matches(r#"<tr class="run""#).count(), 13);
+    let (_, none) = h
+        .get("/runs?status=success&repository=acme%2Fapp", None)
+        .await;
+    assert!(none.contains("No runs match"));
+    let (status, _) = h.get("/runs?status=bogus", None).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn the_run_page_draws_the_job_graph_with_steps_attempts_and_queue() {
+    let h = Harness::new(false).await;
+    let run = h.push("main", "graph").await;
+    let a = h.attempt("build").await;
+    a.started().await;
+    a.step_started(0).await;
+    a.step_finished(0, State::Success).await;
+    a.step_started(1).await;
+    for _ in 0..500 {
+        let r = h.engine.get_run(run).await.unwrap().unwrap();
+        if r.run.jobs[0]
+            .steps
+            .get(1)
+            .is_some_and(|s| s.state == State::Running)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, html) = h.get(&format!("/runs/{run}"), None).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(r#"<svg class="graph""#));
+    assert_eq!(html.matches(r#"class="node "#).count(), 2, "two jobs");
+    assert_eq!(
+        html.matches(r#"class="edge""#).count(),
+        1,
+        "deploy needs build"
+    );
+    assert!(html.contains("compile") && html.contains("unit tests") && html.contains("ship"));
+    assert!(
+        html.contains(r#"data-action="/api/v1/runs/"#),
+        "a cancel button"
+    );
+    // Job page: steps collapsible, the running one selected.
+    let (status, job) = h.get(&format!("/runs/{run}/jobs/{}", a.job), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(job.matches(r#"<details class="step""#).count(), 2);
+    assert!(job.contains(r#"data-selected="1""#));
+    assert!(job.contains("/log/raw"));
+    // A failed attempt and its retry both show.
+    a.step_finished(1, State::Failure).await;
+    a.finished(State::Failure).await;
+    h.wait_run_state(run, State::Failure).await;
+    h.engine.retry_run(run).await.unwrap();
+    let (_, html) = h.get(&format!("/runs/{run}"), None).await;
+    assert!(html.contains("Attempts:"), "attempts listed");
+    assert!(html.contains("attempt 2"));
+    let (status, _) = h
+        .get(&format!("/runs/{run}/jobs/{}?attempt=7", a.job), None)
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn assets_are_served() {
+    let h = Harness::new(false).await;
+    let (status, js) = h.get("/assets/gantry.js", None).await;
+    assert_eq!(status, 200);
+    assert!(js.contains("EventSource"));
+    let (status, css) = h.get("/assets/gantry.css", None).await;
+    assert_eq!(status, 200);
+    assert!(css.contains("@media"));
+}
