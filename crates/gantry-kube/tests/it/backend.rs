@@ -260,7 +260,11 @@ async fn a_job_becomes_one_pod_and_its_steps_follow_the_container_statuses() {
             .all(|q| q.contains("follow=true") && q.contains("timestamps=true"))
     );
     assert_eq!(h.fake.count("create pods"), 1);
-    assert_eq!(h.fake.count("list pods"), 1, "one watch (one list) for all jobs");
+    assert_eq!(
+        h.fake.count("list pods"),
+        1,
+        "one watch (one list) for all jobs"
+    );
     assert_eq!(h.backend.running(), 0);
 }
 
@@ -731,4 +735,59 @@ async fn a_checkout_failure_ends_the_job_as_error_before_it_starts() {
             "finished error: checkout failed: exit code 128: fatal: couldn't find remote ref",
         ]
     );
+}
+
+/// The request budget of the issue, counted at the mock: per job at most 3 requests (create
+/// the pod, create its clone Secret, delete the pod when swept) plus one log stream per step,
+/// and one list + one watch for all jobs together. Prints the table the bench docs quote.
+#[tokio::test]
+async fn requests_per_job_stay_within_the_budget() {
+    const JOBS: usize = 5;
+    const STEPS: usize = 3;
+    let h = harness(true);
+    let mut receivers = Vec::new();
+    let mut pods = Vec::new();
+    for _ in 0..JOBS {
+        let job = job(&["a", "b", "c"]);
+        let pod = names::pod_name(job.job_id, job.attempt);
+        for i in 0..STEPS {
+            h.fake.script_log(
+                &pod,
+                &names::step_container(i),
+                LogReply {
+                    lines: vec![format!("2026-01-01T00:00:0{i}Z line {i}")],
+                    hold: true,
+                },
+            );
+        }
+        let (tx, rx) = mpsc::channel(256);
+        h.backend.start(job, tx).await.unwrap();
+        receivers.push(rx);
+        pods.push(pod);
+    }
+    for pod in &pods {
+        drive(&h.fake, pod, &[0; STEPS]).await;
+    }
+    for rx in &mut receivers {
+        assert_eq!(
+            shape(&until_finished(rx).await).last().unwrap(),
+            "finished success"
+        );
+    }
+    let swept = h.backend.sweep(&Known(Vec::new())).await;
+    assert_eq!(swept.len(), JOBS);
+    let counts = h.fake.counts();
+    println!("API requests for {JOBS} jobs of {STEPS} steps: {counts:?}");
+    let per_job: u32 = ["create pods", "create secrets", "delete pods", "get pods"]
+        .iter()
+        .map(|v| counts.get(*v).copied().unwrap_or(0))
+        .sum::<u32>();
+    assert!(per_job as usize <= 3 * JOBS, "{counts:?}");
+    assert_eq!(
+        counts.get("log pods").copied().unwrap_or(0) as usize,
+        JOBS * STEPS,
+        "{counts:?}"
+    );
+    assert_eq!(counts.get("list pods").copied(), Some(1), "{counts:?}");
+    assert_eq!(counts.get("watch pods").copied(), Some(1), "{counts:?}");
 }
