@@ -310,3 +310,49 @@ func TestDeletedPodIsRemoved(t *testing.T) {
 		t.Errorf("steps: %v", steps)
 	}
 }
+
+func TestActiveDeadlineKillsRunningContainers(t *testing.T) {
+	pod := newPod(map[string]any{"gantry.dev/durations-ms": "clone=500,build=5000"},
+		[]map[string]any{ic("clone"), sidecar("db"), ic("build"), ic("test")}, "main")
+	pod["spec"].(map[string]any)["activeDeadlineSeconds"] = 2
+	steps, last := run(t, pod)
+	check(t, steps, []string{
+		"Pending | init: clone=waiting db=waiting build=waiting test=waiting | main=waiting | PodScheduled,PodReadyToStartContainers",
+		"Pending | init: clone=running db=waiting build=waiting test=waiting | main=waiting | PodScheduled,PodReadyToStartContainers",
+		"Pending | init: clone=0 db=waiting build=waiting test=waiting | main=waiting | PodScheduled,PodReadyToStartContainers",
+		"Pending | init: clone=0 db=running build=waiting test=waiting | main=waiting | PodScheduled,PodReadyToStartContainers",
+		"Pending | init: clone=0 db=running build=running test=waiting | main=waiting | PodScheduled,PodReadyToStartContainers",
+		"Failed | init: clone=0 db=137 build=137 test=waiting | main=waiting | PodScheduled,PodReadyToStartContainers",
+	})
+	var total time.Duration
+	for _, s := range steps {
+		total += s.Delay
+	}
+	if total < 2*time.Second || total > 3*time.Second {
+		t.Errorf("deadline reached after %v, want 2s..3s", total)
+	}
+	st := last["status"].(map[string]any)
+	if st["reason"] != "DeadlineExceeded" || st["message"] == nil {
+		t.Errorf("status: reason %v message %v", st["reason"], st["message"])
+	}
+}
+
+func TestActiveDeadlineWhileRunning(t *testing.T) {
+	pod := newPod(map[string]any{"gantry.dev/durations-ms": "main=60000"}, []map[string]any{ic("a")}, "main")
+	pod["spec"].(map[string]any)["activeDeadlineSeconds"] = 3
+	steps, last := run(t, pod)
+	got := steps[len(steps)-1].State
+	if got != "Failed | init: a=0 | main=137 | PodScheduled,PodReadyToStartContainers,Initialized" {
+		t.Errorf("last state: %s (%v)", got, steps)
+	}
+	if last["status"].(map[string]any)["reason"] != "DeadlineExceeded" {
+		t.Errorf("reason: %v", last["status"])
+	}
+	var total time.Duration
+	for _, s := range steps {
+		total += s.Delay
+	}
+	if total < 3*time.Second || total > 4*time.Second {
+		t.Errorf("deadline reached after %v, want 3s..4s", total)
+	}
+}
