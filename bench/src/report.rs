@@ -85,10 +85,59 @@ fn main() -> anyhow::Result<()> {
         }
         md.push('\n');
     }
+    rows += logs_section(&criterion, &mut md)?;
     if rows == 0 {
         bail!("no benchmark results found under {}", criterion.display());
     }
     std::fs::write(&out, md).with_context(|| format!("cannot write {}", out.display()))?;
     println!("wrote {} ({rows} rows)", out.display());
     Ok(())
+}
+
+/// The step-log bench (`benches/logs.rs`) writes `bench-logs.json` beside criterion's results:
+/// lines per second to 1, 10 and 100 SSE viewers against `BufReader::lines` on the same child.
+fn logs_section(criterion: &Path, md: &mut String) -> anyhow::Result<usize> {
+    let path = criterion.with_file_name("bench-logs.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(0);
+    };
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("cannot parse {}", path.display()))?;
+    let _ = writeln!(
+        md,
+        "## Step logs: child process → masking → store → SSE viewers\n\n\
+         Lines from a child process (`yes | head`) split, masked (one secret), stored and \
+         followed over SSE on loopback through the real router, until every viewer has every \
+         line. Reference: the same child's output read with `BufReader::lines`. Latency: from \
+         the line's timestamp at ingestion to its arrival at a viewer.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| viewers | lines | lines/s | reference lines/s | ratio | p99 latency | lines lost |\n|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut rows = 0;
+    for case in json["cases"].as_array().into_iter().flatten() {
+        let rate = case["lines_per_s"].as_f64().unwrap_or(0.0);
+        let reference = case["reference_lines_per_s"].as_f64().unwrap_or(1.0);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} | {:.3}× | {:.1} ms | {} |",
+            case["viewers"],
+            case["lines"],
+            rate,
+            reference,
+            rate / reference,
+            case["p99_latency_ms"].as_f64().unwrap_or(0.0),
+            case["lines_lost"]
+        );
+        rows += 1;
+    }
+    let _ = writeln!(
+        md,
+        "\nPeak resident memory of the whole process (server, store, 100 viewers' clients): \
+         {:.1} MiB (before the cases: {:.1} MiB).\n",
+        json["peak_rss_mib_with_100_viewers"].as_f64().unwrap_or(0.0),
+        json["rss_mib_before"].as_f64().unwrap_or(0.0)
+    );
+    Ok(rows)
 }
