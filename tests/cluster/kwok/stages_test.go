@@ -356,3 +356,28 @@ func TestActiveDeadlineWhileRunning(t *testing.T) {
 		t.Errorf("deadline reached after %v, want 3s..4s", total)
 	}
 }
+
+func TestWaitingInitContainerHoldsThePod(t *testing.T) {
+	pod := newPod(map[string]any{"gantry.dev/waiting": "step-1=ImagePullBackOff"},
+		[]map[string]any{ic("clone"), ic("step-1"), ic("step-2")}, "main")
+	steps, last := run(t, pod)
+	if got := steps[len(steps)-1].State; got != "Pending | init: clone=0 step-1=waiting step-2=waiting | main=waiting | PodScheduled,PodReadyToStartContainers" {
+		t.Errorf("last state: %s", got)
+	}
+	w := last["status"].(map[string]any)["initContainerStatuses"].([]any)[1].(map[string]any)["state"].(map[string]any)["waiting"].(map[string]any)
+	if w["reason"] != "ImagePullBackOff" || w["message"] != `Back-off pulling image "img/step-1"` {
+		t.Errorf("waiting: %v", w)
+	}
+
+	// With a deadline, the pod fails when it passes.
+	pod = newPod(map[string]any{"gantry.dev/waiting": "step-1=ErrImagePull"},
+		[]map[string]any{ic("clone"), ic("step-1")}, "main")
+	pod["spec"].(map[string]any)["activeDeadlineSeconds"] = 5
+	steps, last = run(t, pod)
+	if got := steps[len(steps)-1].State; got != "Failed | init: clone=0 step-1=waiting | main=waiting | PodScheduled,PodReadyToStartContainers" {
+		t.Errorf("last state: %s", got)
+	}
+	if last["status"].(map[string]any)["reason"] != "DeadlineExceeded" {
+		t.Errorf("status: %v", last["status"])
+	}
+}
