@@ -26,7 +26,8 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-const LINE: &str = "compiling gantry-logs v0.1.0 (/work/crates/gantry-logs) with a secret-free line";
+const LINE: &str =
+    "compiling gantry-logs v0.1.0 (/work/crates/gantry-logs) with a secret-free line";
 const SECRET: &str = "bench-s3cr3t-token";
 
 /// A backend that starts jobs and never finishes them: the bench writes their logs itself.
@@ -120,7 +121,8 @@ async fn view(addr: SocketAddr, path: String) -> Viewer {
                 && let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: "))
             {
                 let value: serde_json::Value = serde_json::from_str(data).unwrap();
-                let at = chrono::DateTime::parse_from_rfc3339(value["at"].as_str().unwrap()).unwrap();
+                let at =
+                    chrono::DateTime::parse_from_rfc3339(value["at"].as_str().unwrap()).unwrap();
                 let us = (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
                     .num_microseconds()
                     .unwrap_or(0)
@@ -243,19 +245,24 @@ async fn main() {
         web_url: None,
         default_branch: Some("main".into()),
     };
-    let pipeline = "on:\n  push: {}\njobs:\n  build:\n    steps:\n      - name: make\n        run: make\n";
+    let pipeline =
+        "on:\n  push: {}\njobs:\n  build:\n    steps:\n      - name: make\n        run: make\n";
     let mut results = Vec::new();
     let rss_before = peak_rss_kib();
     for viewers in [1usize, 10, 100] {
-        let trigger = Trigger::new(Event::Push, repo.clone(), "refs/heads/main", format!("{viewers:040}"));
+        let trigger = Trigger::new(
+            Event::Push,
+            repo.clone(),
+            "refs/heads/main",
+            format!("{viewers:040}"),
+        );
         let run = engine
             .submit(trigger, vec![(".gantry.yaml".into(), pipeline.into())])
             .await
             .unwrap()[0];
         let job = engine.get_run(run).await.unwrap().unwrap().run.jobs[0].id;
         let reference_rate = reference(lines);
-        let (rate, p99, lost, in_order) =
-            gantry(&state, &logs, addr, job, 1, lines, viewers).await;
+        let (rate, p99, lost, in_order) = gantry(&state, &logs, addr, job, 1, lines, viewers).await;
         println!(
             "logs/{viewers} viewers: {rate:.0} lines/s vs BufReader::lines {reference_rate:.0} lines/s ({:.3}×), p99 {:.1} ms, lost {lost}, in order {in_order}",
             rate / reference_rate,
@@ -273,9 +280,8 @@ async fn main() {
         }));
     }
     let rss_peak = peak_rss_kib();
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| {
-        format!("{}/../target", env!("CARGO_MANIFEST_DIR"))
-    });
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| format!("{}/../target", env!("CARGO_MANIFEST_DIR")));
     let out = json!({
         "cases": results,
         "peak_rss_mib_with_100_viewers": rss_peak as f64 / 1024.0,
@@ -286,6 +292,10 @@ async fn main() {
         serde_json::to_string_pretty(&out).unwrap(),
     )
     .unwrap();
-    println!("peak RSS {:.1} MiB (before the cases: {:.1} MiB)", rss_peak as f64 / 1024.0, rss_before as f64 / 1024.0);
+    println!(
+        "peak RSS {:.1} MiB (before the cases: {:.1} MiB)",
+        rss_peak as f64 / 1024.0,
+        rss_before as f64 / 1024.0
+    );
     engine.shutdown().await;
 }
