@@ -160,7 +160,6 @@ pub const WEBHOOK_SECRET: &str = "it-webhook-secret";
 /// A running `gantry serve`, killed when dropped.
 pub struct Gantry {
     pub url: String,
-    pub data_dir: PathBuf,
     child: Child,
 }
 
@@ -199,15 +198,7 @@ impl Gantry {
         let url = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("gantry serve did not say where it listens");
-        Gantry {
-            url,
-            data_dir: data_dir.to_owned(),
-            child,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+        Gantry { url, child }
     }
 
     /// SIGKILL: no chance to clean up.
