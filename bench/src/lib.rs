@@ -1,0 +1,152 @@
+//! What the benchmarks that measure outside criterion (a load generator against a running
+//! `gantry serve`) leave behind for the report: one small JSON file per part under
+//! `target/gantry-bench/`. Each figure comes with the reference measured in the same run, so the
+//! report can print ratios; absolute numbers are for orientation only.
+
+pub mod sections;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The directory the result files go to: `gantry-bench/` beside criterion's in the target dir.
+pub fn results_dir(target: &Path) -> PathBuf {
+    target.join("gantry-bench")
+}
+
+/// One load-generator run against one server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoadRun {
+    /// Responses with a 2xx status.
+    pub ok: u64,
+    /// Everything else: non-2xx answers, connect/read/write errors, timeouts.
+    pub errors: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Issue 3: webhook intake under load (`wrk`, loopback), against a bare axum endpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntakeResult {
+    pub measured: String,
+    pub tool: String,
+    pub connections: u32,
+    pub seconds: u32,
+    pub payload_bytes: usize,
+    pub gantry: LoadRun,
+    /// The hello-world endpoint, run before and after Gantry (drift shows as a difference).
+    pub reference: Vec<LoadRun>,
+    /// Delivery ids looked up through the API after the run, and how many were found stored.
+    pub checked: u32,
+    pub found: u32,
+}
+
+/// A latency distribution in milliseconds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// Nearest-rank percentiles of `samples` (milliseconds).
+    pub fn of(mut samples: Vec<f64>) -> Latency {
+        samples.sort_by(f64::total_cmp);
+        let rank = |p: f64| {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            let i = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+            samples[i.clamp(1, samples.len()) - 1]
+        };
+        Latency {
+            count: samples.len(),
+            p50_ms: rank(50.0),
+            p99_ms: rank(99.0),
+            max_ms: samples.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// Issue 4: webhook accepted → first step started, against the same work done directly.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StartResult {
+    pub measured: String,
+    /// Webhooks sent, one new commit each, at `rate` per second.
+    pub runs: usize,
+    pub rate: f64,
+    /// Delivery `received_at` → first step `started_at`, from the API.
+    pub gantry: Latency,
+    /// `git init` + `git fetch --depth 1` of the same commit from the same git daemon +
+    /// `git checkout` + `sh -c true`, started at the same rate.
+    pub reference: Latency,
+    /// Runs that did not start within the time limit (not in the percentiles).
+    pub missing: usize,
+}
+
+/// Issue 4: planning throughput and resident memory with many queued runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueueResult {
+    pub measured: String,
+    pub connections: u32,
+    /// Webhooks sent (and runs queued, one job each, behind one running job).
+    pub webhooks: usize,
+    /// Runs found queued through the API at the end.
+    pub queued: usize,
+    /// Runs planned and queued per second: webhooks sent / (first send → last run created).
+    pub accepted_per_second: f64,
+    /// The same, over the first and the last tenth of the runs (a growing cost shows here).
+    pub accepted_per_second_first_tenth: f64,
+    pub accepted_per_second_last_tenth: f64,
+    /// The hello-world endpoint with the same sender, the same number of requests.
+    pub reference_per_second: f64,
+    /// VmRSS of `gantry serve` right after start, with the runs queued, and VmHWM (peak).
+    pub idle_rss_kib: u64,
+    pub queued_rss_kib: u64,
+    pub peak_rss_kib: u64,
+    /// One `GET /api/v1/runs?limit=500` page with that many runs stored.
+    pub list_page_ms: f64,
+}
+
+/// Reads a result file; `None` when the part did not run.
+pub fn read<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> anyhow::Result<Option<T>> {
+    let path = dir.join(format!("{name}.json"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            Ok(Some(serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("cannot read {}: {e}", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Writes a result file.
+pub fn write<T: Serialize>(dir: &Path, name: &str, value: &T) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n")?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let l = Latency::of((1..=100).map(f64::from).collect());
+        assert_eq!(
+            (l.p50_ms, l.p99_ms, l.max_ms, l.count),
+            (50.0, 99.0, 100.0, 100)
+        );
+        let one = Latency::of(vec![7.0]);
+        assert_eq!((one.p50_ms, one.p99_ms), (7.0, 7.0));
+        assert_eq!(Latency::of(Vec::new()).count, 0);
+    }
+}
