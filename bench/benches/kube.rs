@@ -44,6 +44,7 @@ fn jobs() -> Vec<JobRequest> {
                 git_ref: trigger.git_ref.clone(),
                 sha: trigger.sha.clone(),
             },
+            pull_request: None,
             spec: job.spec,
             secret_values: Default::default(),
         })

@@ -314,13 +314,13 @@ async fn every_run_reaches_a_true_final_state_after_a_hard_kill() {
             let slow_last = github
                 .statuses()
                 .into_iter()
-                .filter(|s| s.sha == slow_sha && s.context == "gantry/ci")
-                .last();
+                .rev()
+                .find(|s| s.sha == slow_sha && s.context == "gantry/ci");
             let quick_last = github
                 .statuses()
                 .into_iter()
-                .filter(|s| s.sha == quick_sha && s.context == "gantry/ci")
-                .last();
+                .rev()
+                .find(|s| s.sha == quick_sha && s.context == "gantry/ci");
             let ok = slow_last.is_some_and(|s| s.state == "error")
                 && quick_last.is_some_and(|s| s.state == "success");
             ok.then_some(())
@@ -425,4 +425,65 @@ async fn a_forced_push_compares_commits_with_git_for_paths_filters() {
     let runs = runs_of_delivery(&gantry, "d-code").await;
     assert_eq!(runs.len(), 1, "src/lib.rs changed");
     assert_eq!(final_run(&gantry, &runs[0]).await["status"], "success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_granted_secrets_reach_a_job_and_their_values_never_reach_the_logs() {
+    let daemon = GitDaemon::start();
+    let pipeline = r#"
+name: ci
+jobs:
+  deploy:
+    secrets: [deploy-token]
+    steps:
+      - name: use the token
+        run: |
+          if [ -n "${DEPLOY_TOKEN:-}" ]; then echo "token is $DEPLOY_TOKEN"; else echo "no token"; fi
+"#;
+    let (app, app_sha) = repo_with(pipeline);
+    let app_url = daemon.publish(&app, "app.git");
+    let (other, other_sha) = repo_with(pipeline);
+    let other_url = daemon.publish(&other, "other.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("gantry.toml");
+    std::fs::write(
+        &config,
+        "[[grants]]\nsecret = \"deploy-token\"\nrepos = [\"acme/app\"]\nbranches = [\"main\"]\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let env = [
+        ("GANTRY_CONFIG", config.as_str()),
+        ("GANTRY_SECRET_DEPLOY_TOKEN", "pa55w0rd-very-secret"),
+    ];
+    let gantry = Gantry::start(data.path(), &github.url, &env);
+    send_push(
+        &gantry,
+        "d-app",
+        &push_payload("app", &app_url, ZERO, &app_sha, &[]),
+    )
+    .await;
+    send_push(
+        &gantry,
+        "d-other",
+        &push_payload("other", &other_url, ZERO, &other_sha, &[]),
+    )
+    .await;
+    let app_run = runs_of_delivery(&gantry, "d-app").await.remove(0);
+    let other_run = runs_of_delivery(&gantry, "d-other").await.remove(0);
+    assert_eq!(final_run(&gantry, &app_run).await["status"], "success");
+    assert_eq!(final_run(&gantry, &other_run).await["status"], "success");
+    // acme/app is granted the secret: it gets it, and its log shows it masked.
+    assert!(
+        !files_containing(data.path(), "token is ***").is_empty(),
+        "the granted job saw the token, masked"
+    );
+    // acme/other is not: no value, and a note saying why.
+    assert!(!files_containing(data.path(), "no token").is_empty());
+    assert!(!files_containing(data.path(), "is not granted").is_empty());
+    assert!(
+        files_containing(data.path(), "pa55w0rd-very-secret").is_empty(),
+        "the secret's value is in a file under the data directory"
+    );
 }

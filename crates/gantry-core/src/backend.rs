@@ -6,7 +6,7 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{JobId, JobSpec, LogLine, RepoRef, RunId, State, Timestamp};
+use crate::{JobId, JobSpec, LogLine, PullRequest, RepoRef, RunId, State, Timestamp};
 
 /// Exactly what to check out into a job's workspace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,9 @@ pub struct JobRequest {
     /// 1 for the first attempt, 2 for the first retry, …
     pub attempt: u32,
     pub checkout: Checkout,
+    /// The pull request the run is for, if any: backends decide from it whether the code comes
+    /// from a fork (which never gets secrets).
+    pub pull_request: Option<PullRequest>,
     pub spec: JobSpec,
     /// Values for the job's granted secrets, by environment variable name. Backends that read
     /// secrets themselves (Kubernetes, through `secretKeyRef`) ignore it.

@@ -398,6 +398,7 @@ mod tests {
                 git_ref: trigger.git_ref,
                 sha: trigger.sha,
             },
+            pull_request: None,
             spec: JobSpec {
                 name: "test".into(),
                 steps,

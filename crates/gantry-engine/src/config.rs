@@ -14,6 +14,8 @@ pub struct EngineConfig {
     pub max_running_per_repo: usize,
     /// When a new push or pull request update cancels older runs.
     pub supersede: SupersedePolicy,
+    /// Which secrets jobs may use, and their values for backends that need them.
+    pub secrets: crate::SecretPolicy,
     /// The viewer's public base URL (`https://ci.example.com`): commit statuses link to runs
     /// under it. Without it statuses carry no link.
     pub public_url: Option<String>,
@@ -33,6 +35,7 @@ impl Default for EngineConfig {
             max_running_jobs: 8,
             max_running_per_repo: 4,
             supersede: SupersedePolicy::default(),
+            secrets: crate::SecretPolicy::default(),
             public_url: None,
             status_context_prefix: "gantry".into(),
             tick: Duration::from_millis(500),

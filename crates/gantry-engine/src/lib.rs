@@ -18,6 +18,7 @@
 
 mod config;
 mod engine;
+mod grants;
 mod logs;
 mod machine;
 mod reporter;
@@ -27,6 +28,10 @@ pub use config::{EngineConfig, RepoSupersede, ReporterConfig, SupersedePolicy};
 pub use engine::{Engine, Reattach};
 pub use gantry_logs::Logs;
 pub use gantry_store::{Page, RunFilter, RunRecord};
+pub use grants::{
+    EnvSecretValues, PullRequestOrigin, Requester, SecretGrant, SecretGrants, SecretPolicy,
+    SecretValues,
+};
 pub use logs::LogSink;
 pub use machine::{RESTART_REASON, SKIP_NOTHING_FAILED, SKIP_UPSTREAM_FAILED};
 

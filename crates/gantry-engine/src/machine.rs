@@ -99,7 +99,7 @@ fn final_description(state: State, reason: Option<&str>) -> String {
     }
 }
 
-fn request(run: &RunRecord, job: &Job) -> JobRequest {
+fn request(run: &RunRecord, job: &Job, secrets: &crate::SecretPolicy) -> JobRequest {
     let t = &run.run.trigger;
     JobRequest {
         run_id: run.run.id,
@@ -110,10 +110,11 @@ fn request(run: &RunRecord, job: &Job) -> JobRequest {
             git_ref: t.git_ref.clone(),
             sha: t.sha.clone(),
         },
+        pull_request: t.pull_request.clone(),
         spec: job.spec.clone(),
-        // Secret values come from the server's grants; backends that read secrets themselves
-        // (Kubernetes) need none.
-        secret_values: Default::default(),
+        // Only granted secrets, and only where values are held (the local backend); backends
+        // that read secrets themselves (Kubernetes) get none.
+        secret_values: secrets.values_for(t, &job.spec),
     }
 }
 
@@ -525,7 +526,7 @@ impl Inner {
             },
         );
         tracing::debug!(job = %job.id, attempt = job.attempt, name = %job.name, "starting job");
-        let job_request = request(&run, &job);
+        let job_request = request(&run, &job, &self.config.secrets);
         // Before the backend can send a line: the log sink learns the secrets to mask.
         self.logs.attempt_started(&job_request).await;
         if let Err(err) = self
@@ -930,7 +931,7 @@ impl Inner {
             if let Some(reattach) = &self.reattach
                 && let Some(run) = self.store.get_run(job.run_id).await?
             {
-                let job_request = request(&run, &job);
+                let job_request = request(&run, &job, &self.config.secrets);
                 self.logs.attempt_started(&job_request).await;
                 match reattach.reattach(job_request, self.events_tx.clone()).await {
                     Ok(true) => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::grants::SecretGrants;
+use gantry_engine::SecretGrants;
 
 /// Container images Gantry itself puts into pods. All configurable: pin them to digests in
 /// production, or point them at a mirror.

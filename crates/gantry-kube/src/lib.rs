@@ -11,7 +11,6 @@
 mod api;
 mod backend;
 mod config;
-mod grants;
 mod logs;
 
 pub mod names;
@@ -21,7 +20,7 @@ mod tracker;
 
 pub use backend::{CloneCredentials, GitCredentials, JobRegistry, KubeBackend};
 pub use config::{Images, KubeConfig, RepoPolicy, SecurityLevel, Timings};
-pub use grants::{PullRequestOrigin, Requester, SecretGrant, SecretGrants};
+pub use gantry_engine::{PullRequestOrigin, Requester, SecretGrant, SecretGrants};
 pub use render::{Manifest, RenderError, RenderOptions, Rendered, origin_of, render, to_yaml};
 
 /// What goes wrong in the backend.

@@ -262,6 +262,15 @@ async fn notices(job: &JobRequest, events: &mut Events) {
         );
         events.system(0, text).await;
     }
+    for secret in &job.spec.secrets {
+        if !job.secret_values.contains_key(&secret.env) {
+            let text = format!(
+                "secret `{}` is not granted to this repository and ref (or has no value here): ${} is not set",
+                secret.secret, secret.env
+            );
+            events.system(0, text).await;
+        }
+    }
 }
 
 async fn run_steps(

@@ -130,6 +130,7 @@ impl Walk<'_> {
             job_id,
             attempt,
             checkout: self.checkout.clone(),
+            pull_request: None,
             spec: job.spec.clone(),
             secret_values: secret_values.clone(),
         };

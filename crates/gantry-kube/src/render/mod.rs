@@ -25,8 +25,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::config::{KubeConfig, SecurityLevel};
-use crate::grants::{PullRequestOrigin, Requester};
 use crate::names;
+use gantry_engine::{PullRequestOrigin, Requester};
 
 pub use steps::cache_repo_for;
 
@@ -63,6 +63,10 @@ pub struct Rendered {
 /// fork flag, so every pull request counts as one from a fork (no secrets) unless the caller
 /// knows better and says so in [`RenderOptions::origin`].
 pub fn origin_of(job: &JobRequest) -> PullRequestOrigin {
+    if job.pull_request.is_some() {
+        return PullRequestOrigin::of(job.pull_request.as_ref());
+    }
+    // Without the pull request's details, a pull request counts as a fork: no secrets.
     let event = job.spec.env.get("GANTRY_EVENT").map(String::as_str);
     let r = &job.checkout.git_ref;
     if event == Some("pull_request")

@@ -65,6 +65,7 @@ pub fn job(steps: &[&str]) -> JobRequest {
             git_ref: "refs/heads/main".into(),
             sha: SHA.into(),
         },
+        pull_request: None,
         spec: JobSpec {
             name: "test".into(),
             image: Some("rust:1.95".into()),

@@ -82,6 +82,7 @@ pub fn requests(source: &str, file: &str) -> Vec<(String, Result<JobRequest, Str
                         git_ref: trigger.git_ref.clone(),
                         sha: trigger.sha.clone(),
                     },
+                    pull_request: None,
                     spec: job.spec,
                     secret_values: Default::default(),
                 }),

@@ -116,6 +116,7 @@ pub fn request(url: &str, sha: &str, steps: Vec<StepSpec>) -> JobRequest {
             git_ref: "refs/heads/main".into(),
             sha: sha.into(),
         },
+        pull_request: None,
         spec: JobSpec {
             name: "test".into(),
             steps,

@@ -131,6 +131,7 @@ pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
                 git_ref: trigger.git_ref.clone(),
                 sha: trigger.sha.clone(),
             },
+            pull_request: None,
             spec: job.spec,
             secret_values: Default::default(),
         };

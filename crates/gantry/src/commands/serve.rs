@@ -17,7 +17,7 @@ use gantry_forge::{
 use gantry_local::{LocalBackend, LocalConfig};
 use gantry_server::{App, AppState, PipelineSource};
 
-use super::serve_config::{FileConfig, ForgeFile, ReadFiles};
+use super::serve_config::{BackendChoice, FileConfig, ForgeFile, ReadFiles};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Then delete the oldest step logs until all fit in this many bytes.
     #[arg(long, env = "GANTRY_LOG_MAX_BYTES")]
     pub log_max_bytes: Option<u64>,
+    /// Where jobs run: `kubernetes` (a Pod per job), `local` (child processes here, no
+    /// isolation), or `auto`: Kubernetes when a kubeconfig or in-cluster configuration is found.
+    #[arg(long, env = "GANTRY_BACKEND", value_enum)]
+    pub backend: Option<BackendChoice>,
     #[command(flatten)]
     pub github: GithubArgs,
     #[command(flatten)]
@@ -329,14 +333,56 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(LocalConfig {
-        work_root: Some(data_dir.join("work")),
-        ..LocalConfig::default()
-    }));
-    std::fs::create_dir_all(data_dir.join("work"))?;
+    config.secrets = gantry_engine::SecretPolicy {
+        grants: gantry_engine::SecretGrants(file.grants.clone()),
+        values: None,
+    };
+    let choice = args.backend.or(file.backend).unwrap_or(BackendChoice::Auto);
+    let kube_client =
+        match choice {
+            BackendChoice::Local => None,
+            BackendChoice::Kubernetes => Some(kube_client().await.context(
+                "--backend kubernetes: no usable kubeconfig or in-cluster configuration",
+            )?),
+            BackendChoice::Auto => kube_client().await.ok(),
+        };
+    let mut kube_backend = None;
+    let (backend, backend_text): (Arc<dyn Backend>, String) = match kube_client {
+        Some((client, context)) => {
+            let mut kube_config = file.kubernetes.clone().unwrap_or_default();
+            kube_config.grants = gantry_engine::SecretGrants(file.grants.clone());
+            let namespace = kube_config.namespace.clone();
+            let kb = gantry_kube::KubeBackend::new(client, kube_config, None);
+            kube_backend = Some(kb.clone());
+            (
+                Arc::new(kb),
+                format!("Kubernetes ({context}), a Pod per job in namespace {namespace}"),
+            )
+        }
+        None => {
+            std::fs::create_dir_all(data_dir.join("work"))?;
+            // Local jobs get granted secrets' values from Gantry's environment.
+            config.secrets.values = Some(Arc::new(gantry_engine::EnvSecretValues));
+            let local = LocalBackend::new(LocalConfig {
+                work_root: Some(data_dir.join("work")),
+                ..LocalConfig::default()
+            });
+            (
+                Arc::new(local),
+                "local processes on this machine (no isolation; no Kubernetes cluster configured)"
+                    .to_owned(),
+            )
+        }
+    };
     let logs = Logs::open(data_dir.join("logs")).context("cannot open the log store")?;
-    let engine = Engine::new(store, backend, forges, Arc::new(logs.clone()), config);
+    let mut engine = Engine::new(store, backend, forges, Arc::new(logs.clone()), config);
+    if let Some(kb) = &kube_backend {
+        engine = engine.with_reattach(Arc::new(kb.clone()));
+    }
     engine.start().await.context("cannot start the engine")?;
+    if let Some(kb) = &kube_backend {
+        kb.spawn_sweeper(Arc::new(StoreRegistry(engine.store().clone())));
+    }
 
     let state = AppState(Arc::new(App {
         engine: engine.clone(),
@@ -377,7 +423,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         data_dir.display(),
         redact_url(&database_url)
     );
-    println!("  backend:   local processes (no Kubernetes cluster configured)");
+    println!("  backend:   {backend_text}");
     for note in &notes {
         println!("  note:      {note}");
     }
@@ -458,4 +504,27 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// A kube client from the in-cluster configuration or the kubeconfig, with a description of
+/// where it points.
+async fn kube_client() -> anyhow::Result<(kube::Client, String)> {
+    let config = kube::Config::infer().await?;
+    let where_ = config.cluster_url.to_string();
+    Ok((kube::Client::try_from(config)?, where_))
+}
+
+/// The sweeper asks whether a labelled pod belongs to an attempt the store knows.
+struct StoreRegistry(gantry_store::Store);
+
+#[async_trait::async_trait]
+impl gantry_kube::JobRegistry for StoreRegistry {
+    async fn knows(&self, _run: gantry_core::RunId, job: gantry_core::JobId, attempt: u32) -> bool {
+        // When the store cannot answer, keep the pod: deleting a live job is worse.
+        self.0
+            .get_job(job, Some(attempt))
+            .await
+            .map(|j| j.is_some())
+            .unwrap_or(true)
+    }
 }

@@ -33,6 +33,26 @@ pub struct FileConfig {
     pub gitea: Option<ForgeFile>,
     #[serde(default)]
     pub repositories: Vec<RepositoryFile>,
+    /// Where jobs run.
+    pub backend: Option<BackendChoice>,
+    /// `[kubernetes]`: the Kubernetes backend (namespace, images, security, timings, …).
+    pub kubernetes: Option<gantry_kube::KubeConfig>,
+    /// `[[grants]]`: which secrets which repositories (and branches) may use. Nothing is granted
+    /// unless listed here.
+    #[serde(default)]
+    pub grants: Vec<gantry_engine::SecretGrant>,
+}
+
+/// Where jobs run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// Kubernetes when a kubeconfig or in-cluster configuration is found, else local.
+    Auto,
+    /// Each job an ephemeral Pod.
+    Kubernetes,
+    /// Each job as child processes on this machine (no isolation).
+    Local,
 }
 
 /// `[github]`, `[gitlab]`, `[gitea]`.
@@ -118,6 +138,12 @@ name = "acme/app"
 forge = "github"
 webhook_secret = "scoped"
 cancel_superseded = false
+[[grants]]
+secret = "deploy-token"
+repos = ["acme/app"]
+branches = ["main"]
+[kubernetes]
+namespace = "builds"
 "#,
         )
         .unwrap();
@@ -127,6 +153,9 @@ cancel_superseded = false
         assert_eq!(github.read_files, Some(ReadFiles::Git));
         assert_eq!(config.gitlab.unwrap().webhook_secrets, ["one"]);
         assert_eq!(config.repositories[0].webhook_secrets, ["scoped"]);
+        assert_eq!(config.grants[0].secret, "deploy-token");
+        assert_eq!(config.grants[0].branches, ["main"]);
+        assert_eq!(config.kubernetes.unwrap().namespace, "builds");
     }
 
     #[test]

@@ -1,18 +1,25 @@
-//! Which Kubernetes Secrets a job may read. The operator grants Secrets to repositories (and
-//! optionally branches) in Gantry's configuration; a pipeline only *asks*. Everything not
-//! granted is left out of the Pod, and said so in the job's log.
+//! Which secrets a job may read. The operator grants secrets to repositories (and optionally
+//! branches) in Gantry's configuration; a pipeline only *asks*. Everything not granted is left
+//! out of the job (the Pod, or the local process's environment), and said so in the job's log.
+//!
+//! The same grants serve both backends: the engine hands the local backend the values of the
+//! granted secrets, and the Kubernetes backend renders `secretKeyRef`s only for granted ones.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use gantry_core::{JobSpec, PullRequest, Secret, Trigger};
 use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Serialize};
 
 /// The operator's grants.
 ///
 /// ```toml
-/// [[kubernetes.grants]]
+/// [[grants]]
 /// secret = "registry-credentials"
 /// repos = ["acme/*"]
 ///
-/// [[kubernetes.grants]]
+/// [[grants]]
 /// secret = "config-repo-token"
 /// repos = ["acme/app"]
 /// branches = ["main", "release/*"]
@@ -82,6 +89,96 @@ impl SecretGrants {
                     }
                 }
         })
+    }
+}
+
+impl PullRequestOrigin {
+    /// The origin of a run's code, from its pull request (if any).
+    pub fn of(pull_request: Option<&PullRequest>) -> Self {
+        match pull_request {
+            None => PullRequestOrigin::None,
+            Some(pr) if pr.from_fork => PullRequestOrigin::Fork,
+            Some(_) => PullRequestOrigin::SameRepo,
+        }
+    }
+}
+
+impl<'a> Requester<'a> {
+    /// Who asks, for a trigger.
+    pub fn of(trigger: &'a Trigger) -> Self {
+        let pull_request = PullRequestOrigin::of(trigger.pull_request.as_ref());
+        Requester {
+            repo: &trigger.repo.full_name,
+            branch: match pull_request {
+                PullRequestOrigin::None => trigger.branch.as_deref(),
+                _ => None,
+            },
+            pull_request,
+        }
+    }
+}
+
+/// Where the values of granted secrets come from, for backends that are handed values (the
+/// local backend). The Kubernetes backend reads Secrets itself and needs none.
+pub trait SecretValues: Send + Sync + 'static {
+    /// The value of `key` in the secret `secret`, if Gantry has it.
+    fn value(&self, secret: &str, key: &str) -> Option<Secret>;
+}
+
+/// Secret values from Gantry's own environment: `GANTRY_SECRET_<NAME>` for the key `value`,
+/// `GANTRY_SECRET_<NAME>_<KEY>` for other keys (upper case, `-` and `.` as `_`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EnvSecretValues;
+
+impl EnvSecretValues {
+    pub fn variable(secret: &str, key: &str) -> String {
+        let clean = |s: &str| s.to_uppercase().replace(['-', '.'], "_");
+        if key == "value" {
+            format!("GANTRY_SECRET_{}", clean(secret))
+        } else {
+            format!("GANTRY_SECRET_{}_{}", clean(secret), clean(key))
+        }
+    }
+}
+
+impl SecretValues for EnvSecretValues {
+    fn value(&self, secret: &str, key: &str) -> Option<Secret> {
+        std::env::var(Self::variable(secret, key))
+            .ok()
+            .map(Secret::new)
+    }
+}
+
+/// The grants and, where the backend needs them, the values: what the engine consults when it
+/// starts a job. The default grants nothing: secure until the operator says otherwise.
+#[derive(Clone, Default)]
+pub struct SecretPolicy {
+    pub grants: SecretGrants,
+    pub values: Option<Arc<dyn SecretValues>>,
+}
+
+impl std::fmt::Debug for SecretPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretPolicy")
+            .field("grants", &self.grants)
+            .field("values", &self.values.is_some())
+            .finish()
+    }
+}
+
+impl SecretPolicy {
+    /// Values, by environment variable, of the secrets `spec` asks for that `trigger` is
+    /// granted and that have a value.
+    pub fn values_for(&self, trigger: &Trigger, spec: &JobSpec) -> BTreeMap<String, Secret> {
+        let Some(values) = &self.values else {
+            return BTreeMap::new();
+        };
+        let who = Requester::of(trigger);
+        spec.secrets
+            .iter()
+            .filter(|s| self.grants.allows(&s.secret, &who))
+            .filter_map(|s| values.value(&s.secret, &s.key).map(|v| (s.env.clone(), v)))
+            .collect()
     }
 }
 
