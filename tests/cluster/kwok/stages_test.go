@@ -1,5 +1,6 @@
 // Offline tests of stages.yaml: the pod stages are run through kwok's own lifecycle code (stage
-// matching, jq selectors and delays, Go-template rendering, JSON merge patch of the status) in a
+// matching, jq selectors and delays, Go-template rendering of a typed *corev1.Pod as kwok does,
+// JSON merge patch of the status with its resourceVersion precondition) in a
 // loop until no stage matches, and the whole sequence of container states is compared with what
 // a kubelet would show. No cluster needed: `cd tests/cluster/kwok && go test ./...`.
 package stages_test
@@ -8,12 +9,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
 
 	"sigs.k8s.io/kwok/pkg/apis/internalversion"
 	"sigs.k8s.io/kwok/pkg/config"
@@ -67,8 +70,13 @@ func run(t *testing.T, pod map[string]any) ([]step, map[string]any) {
 	renderer := gotpl.NewRenderer(fm)
 	var steps []step
 	for i := 0; i < 30; i++ {
-		meta, _ := pod["metadata"].(map[string]any)
-		event := &lifecycle.Event{Labels: strMap(meta["labels"]), Annotations: strMap(meta["annotations"]), Data: pod}
+		// kwok hands its stages a typed *corev1.Pod; so do we.
+		raw, _ := json.Marshal(pod)
+		typed := &corev1.Pod{}
+		if err := json.Unmarshal(raw, typed); err != nil {
+			t.Fatalf("pod: %v", err)
+		}
+		event := &lifecycle.Event{Labels: typed.Labels, Annotations: typed.Annotations, Data: typed}
 		stage, err := lc.Match(ctx, event)
 		if err != nil {
 			t.Fatalf("match: %v", err)
@@ -82,12 +90,24 @@ func run(t *testing.T, pod map[string]any) ([]step, map[string]any) {
 		}
 		clock = clock.Add(delay)
 		deleted := false
-		_, err = stage.DoSteps(0, nil, pod, renderer,
+		_, err = stage.DoSteps(0, nil, typed, renderer,
 			func(*internalversion.StageEvent) error { return nil },
 			func() error { deleted = true; return nil },
 			func(p *lifecycle.Patch) error {
 				if p.Subresource != "status" || p.Type != "application/merge-patch+json" {
 					return fmt.Errorf("unexpected patch %s %s", p.Subresource, p.Type)
+				}
+				// The API server's precondition: the patch names the current resourceVersion.
+				var pre struct {
+					Metadata struct {
+						ResourceVersion string `json:"resourceVersion"`
+					} `json:"metadata"`
+				}
+				if err := json.Unmarshal(p.Data, &pre); err != nil {
+					return err
+				}
+				if pre.Metadata.ResourceVersion != typed.ResourceVersion {
+					return fmt.Errorf("patch for resourceVersion %q, pod is at %q", pre.Metadata.ResourceVersion, typed.ResourceVersion)
 				}
 				orig, _ := json.Marshal(pod)
 				merged, err := jsonpatch.MergePatch(orig, p.Data)
@@ -98,6 +118,8 @@ func run(t *testing.T, pod map[string]any) ([]step, map[string]any) {
 				if err := json.Unmarshal(merged, &next); err != nil {
 					return err
 				}
+				rv, _ := strconv.Atoi(typed.ResourceVersion)
+				next["metadata"].(map[string]any)["resourceVersion"] = strconv.Itoa(rv + 1)
 				pod = next
 				return nil
 			},
@@ -174,7 +196,7 @@ func newPod(annotations map[string]any, inits []map[string]any, containers ...st
 	return map[string]any{
 		"apiVersion": "v1",
 		"kind":       "Pod",
-		"metadata":   map[string]any{"name": "p", "namespace": "gantry-builds", "uid": "u", "annotations": annotations},
+		"metadata":   map[string]any{"name": "p", "namespace": "gantry-builds", "uid": "u", "resourceVersion": "100", "annotations": annotations},
 		"spec":       spec,
 		"status": map[string]any{
 			"phase":    "Pending",
