@@ -24,8 +24,9 @@ demo-run: build
     git -C "$dir" -c user.name=Gantry -c user.email=demo@localhost -c commit.gpgsign=false commit -qm "Demo app"
     cd "$dir" && "{{justfile_directory()}}/{{gantry}}" run
 
-# The whole test suite, as CI runs it: formatting, lints, generated files, every test, fuzzing.
-test: deps fmt-check clippy test-all check-generated fuzz-ci
+# The whole test suite, as CI runs it: formatting, lints, generated files, every test (with a
+# PostgreSQL server and a Kubernetes test cluster), fuzzing.
+test: deps fmt-check clippy check-generated cluster-build cluster-stage-tests test-all fuzz-ci
 
 # Install what the tests need (Debian packages, cargo tools).
 deps:
@@ -41,14 +42,31 @@ fmt-check:
 clippy:
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# Every test of every crate (unit, integration, system), with a throwaway PostgreSQL server.
+# Every test of every crate (unit, integration, system), with a throwaway PostgreSQL server and
+# a throwaway Kubernetes test cluster (tests/cluster; see docs/testing.md).
 test-all:
     #!/usr/bin/env bash
     set -euo pipefail
     pg=$(mktemp -d -t gantry-pg.XXXXXX)
     export GANTRY_TEST_DATABASE_URL=$(scripts/pg-test-server start "$pg")
     trap 'scripts/pg-test-server stop "$pg"' EXIT
-    cargo test --workspace --locked --no-fail-fast
+    tests/cluster/with-cluster bash -c 'tests/cluster/smoke "$GANTRY_TEST_CLUSTER_DIR" && cargo test --workspace --locked --no-fail-fast'
+
+# Build (or reuse from the cache) the Kubernetes control plane, etcd and kwok for the tests.
+cluster-build:
+    tests/cluster/build
+
+# The kwok Stages that play our pods, tested on their own.
+cluster-stage-tests: cluster-build
+    cd tests/cluster/kwok && GOMAXPROCS=2 nice -n 10 go test -p 2 ./...
+
+# Start a test cluster in DIR (prints the environment to use it).
+cluster-up DIR="target/test-cluster": cluster-build
+    tests/cluster/up {{DIR}}
+
+# Stop the test cluster started in DIR.
+cluster-down DIR="target/test-cluster":
+    tests/cluster/down {{DIR}}
 
 # Regenerate committed generated files (the pipeline JSON Schema).
 schema: build
