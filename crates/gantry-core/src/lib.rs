@@ -27,7 +27,7 @@ pub use log::{LogLine, Stream};
 pub use run::{Job, Run, Step};
 pub use spec::{
     GitopsStep, JobSpec, KanikoStep, Resources, SecretRef, ServiceSpec, Severity, StatusCondition,
-    StepKind, StepSpec, Toleration, TrivyStep,
+    StepKind, StepSpec, Toleration, TrivyStep, cache_repo_for,
 };
 pub use state::{State, StepState, UnknownState};
 pub use status::{CommitState, CommitStatus};

@@ -150,6 +150,68 @@ pub struct KanikoStep {
     pub registry_secret: Option<String>,
 }
 
+impl KanikoStep {
+    /// The executor's arguments after `--context` and `--dockerfile` (which depend on where
+    /// the workspace is): destinations, layer cache, build arguments, target. Both backends use
+    /// these, so a step builds the same image wherever it runs.
+    pub fn executor_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = self
+            .destinations
+            .iter()
+            .map(|d| format!("--destination={d}"))
+            .collect();
+        if self.cache {
+            args.push("--cache=true".into());
+            let repo = self
+                .cache_repo
+                .clone()
+                .or_else(|| self.destinations.first().map(|d| cache_repo_for(d)));
+            if let Some(repo) = repo {
+                args.push(format!("--cache-repo={repo}"));
+            }
+        }
+        args.extend(
+            self.build_args
+                .iter()
+                .map(|(k, v)| format!("--build-arg={k}={v}")),
+        );
+        if let Some(target) = &self.target {
+            args.push(format!("--target={target}"));
+        }
+        args
+    }
+}
+
+/// Where a destination's cached layers go by default: its repository plus `/cache`
+/// (`registry.example.com/app:1.2` → `registry.example.com/app/cache`).
+pub fn cache_repo_for(destination: &str) -> String {
+    let without_digest = destination.split('@').next().unwrap_or(destination);
+    let name_start = without_digest.rfind('/').map_or(0, |i| i + 1);
+    let repo = match without_digest[name_start..].find(':') {
+        Some(colon) => &without_digest[..name_start + colon],
+        None => without_digest,
+    };
+    format!("{repo}/cache")
+}
+
+impl TrivyStep {
+    /// `image --exit-code 1 [--severity …] [--ignore-unfixed] IMAGE`: a finding at one of the
+    /// chosen severities exits 1, which fails the step.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["image".to_owned(), "--exit-code".into(), "1".into()];
+        if !self.severity.is_empty() {
+            let severities: Vec<&str> = self.severity.iter().map(|s| s.as_str()).collect();
+            args.push("--severity".into());
+            args.push(severities.join(","));
+        }
+        if self.ignore_unfixed {
+            args.push("--ignore-unfixed".into());
+        }
+        args.push(self.image.clone());
+        args
+    }
+}
+
 /// Vulnerability severities, as Trivy names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -202,4 +264,58 @@ pub struct GitopsStep {
     pub message: Option<String>,
     /// Secret holding the token used to push.
     pub token_secret: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_repositories_default_next_to_the_image() {
+        assert_eq!(
+            cache_repo_for("registry.example.com:5000/acme/app:abc"),
+            "registry.example.com:5000/acme/app/cache"
+        );
+        assert_eq!(cache_repo_for("app@sha256:1"), "app/cache");
+        assert_eq!(cache_repo_for("app"), "app/cache");
+    }
+
+    #[test]
+    fn kaniko_and_trivy_arguments_follow_the_step() {
+        let kaniko = KanikoStep {
+            destinations: vec!["r.example/app:1".into()],
+            cache: true,
+            build_args: BTreeMap::from([("V".into(), "1".into())]),
+            target: Some("prod".into()),
+            ..KanikoStep::default()
+        };
+        assert_eq!(
+            kaniko.executor_args(),
+            [
+                "--destination=r.example/app:1",
+                "--cache=true",
+                "--cache-repo=r.example/app/cache",
+                "--build-arg=V=1",
+                "--target=prod"
+            ]
+        );
+        let trivy = TrivyStep {
+            image: "r.example/app:1".into(),
+            severity: vec![Severity::Critical, Severity::High],
+            ignore_unfixed: true,
+            registry_secret: None,
+        };
+        assert_eq!(
+            trivy.args(),
+            [
+                "image",
+                "--exit-code",
+                "1",
+                "--severity",
+                "CRITICAL,HIGH",
+                "--ignore-unfixed",
+                "r.example/app:1"
+            ]
+        );
+    }
 }

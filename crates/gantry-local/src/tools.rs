@@ -45,7 +45,7 @@ pub(crate) async fn trivy(ctx: &mut StepContext<'_>, step: &TrivyStep) -> StepRe
         ctx.system(note).await;
     }
     let mut command = ctx.command(&trivy);
-    command.args(trivy_args(step));
+    command.args(step.args());
     StepResult::of(ctx.run(command).await)
 }
 
@@ -57,60 +57,12 @@ pub(crate) fn kaniko_args(step: &KanikoStep, workspace: &Path) -> Vec<String> {
         format!("--context={}", context.display()),
         format!("--dockerfile={}", dockerfile.display()),
     ];
-    args.extend(
-        step.destinations
-            .iter()
-            .map(|d| format!("--destination={d}")),
-    );
-    if step.cache {
-        args.push("--cache=true".into());
-        let repo = step
-            .cache_repo
-            .clone()
-            .or_else(|| step.destinations.first().map(|d| cache_repo_for(d)));
-        if let Some(repo) = repo {
-            args.push(format!("--cache-repo={repo}"));
-        }
-    }
-    args.extend(
-        step.build_args
-            .iter()
-            .map(|(k, v)| format!("--build-arg={k}={v}")),
-    );
-    if let Some(target) = &step.target {
-        args.push(format!("--target={target}"));
-    }
-    args
-}
-
-/// `trivy` arguments for a step.
-pub(crate) fn trivy_args(step: &TrivyStep) -> Vec<String> {
-    let mut args = vec!["image".to_owned(), "--exit-code".into(), "1".into()];
-    if !step.severity.is_empty() {
-        let severities: Vec<&str> = step.severity.iter().map(|s| s.as_str()).collect();
-        args.push("--severity".into());
-        args.push(severities.join(","));
-    }
-    if step.ignore_unfixed {
-        args.push("--ignore-unfixed".into());
-    }
-    args.push(step.image.clone());
+    args.extend(step.executor_args());
     args
 }
 
 fn or_default<'a>(value: &'a str, default: &'a str) -> &'a str {
     if value.is_empty() { default } else { value }
-}
-
-/// `registry.example.com/app:1.2` → `registry.example.com/app/cache`.
-fn cache_repo_for(destination: &str) -> String {
-    let without_digest = destination.split('@').next().unwrap_or(destination);
-    let name_start = without_digest.rfind('/').map_or(0, |i| i + 1);
-    let repo = match without_digest[name_start..].find(':') {
-        Some(colon) => &without_digest[..name_start + colon],
-        None => without_digest,
-    };
-    format!("{repo}/cache")
 }
 
 /// The first executable file called `name` in a `PATH`-like list of directories.
@@ -130,7 +82,6 @@ pub(crate) fn find_on_path(name: &str, path: Option<&str>) -> Option<PathBuf> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use gantry_core::Severity;
 
     use super::*;
 
@@ -162,46 +113,6 @@ mod tests {
                 "--target=runtime",
             ]
         );
-    }
-
-    #[test]
-    fn cache_repo_defaults_from_the_first_destination() {
-        assert_eq!(
-            cache_repo_for("localhost:5000/team/app:v1"),
-            "localhost:5000/team/app/cache"
-        );
-        assert_eq!(
-            cache_repo_for("localhost:5000/app@sha256:abc"),
-            "localhost:5000/app/cache"
-        );
-        assert_eq!(cache_repo_for("app"), "app/cache");
-    }
-
-    #[test]
-    fn trivy_arguments_follow_the_step() {
-        let step = TrivyStep {
-            image: "reg.example/app:abc".into(),
-            severity: vec![Severity::Critical, Severity::High],
-            ignore_unfixed: true,
-            registry_secret: None,
-        };
-        assert_eq!(
-            trivy_args(&step),
-            vec![
-                "image",
-                "--exit-code",
-                "1",
-                "--severity",
-                "CRITICAL,HIGH",
-                "--ignore-unfixed",
-                "reg.example/app:abc"
-            ]
-        );
-        let plain = TrivyStep {
-            image: "app".into(),
-            ..TrivyStep::default()
-        };
-        assert_eq!(trivy_args(&plain), vec!["image", "--exit-code", "1", "app"]);
     }
 
     #[test]

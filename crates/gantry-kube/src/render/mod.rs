@@ -28,7 +28,7 @@ use crate::config::{KubeConfig, SecurityLevel};
 use crate::names;
 use gantry_engine::{PullRequestOrigin, Requester};
 
-pub use steps::cache_repo_for;
+pub use gantry_core::cache_repo_for;
 
 /// Why a job cannot become a Pod.
 #[derive(Debug, thiserror::Error)]

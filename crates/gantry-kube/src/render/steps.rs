@@ -1,6 +1,6 @@
 //! The container of each step kind, and of services.
 
-use gantry_core::{GitopsStep, KanikoStep, ServiceSpec, StepKind, StepSpec, TrivyStep};
+use gantry_core::{GitopsStep, KanikoStep, ServiceSpec, StepKind, StepSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, KeyToPath, SecretVolumeSource, Volume,
 };
@@ -149,7 +149,7 @@ pub(crate) fn step(
                 }
                 env_vars.push(env("TRIVY_NO_PROGRESS", "true"));
                 let mut words = vec!["trivy".to_owned()];
-                words.extend(trivy_args(t));
+                words.extend(t.args());
                 let script = ctx.guarded.then(|| scripts::exec_line(&words));
                 (ctx.config.images.trivy.clone(), script, words, Vec::new())
             }
@@ -228,53 +228,8 @@ pub(crate) fn kaniko_args(k: &KanikoStep) -> Vec<String> {
         format!("--context=dir://{context}"),
         format!("--dockerfile={context}/{dockerfile}"),
     ];
-    args.extend(k.destinations.iter().map(|d| format!("--destination={d}")));
-    if k.cache {
-        args.push("--cache=true".into());
-        let repo = k
-            .cache_repo
-            .clone()
-            .or_else(|| k.destinations.first().map(|d| cache_repo_for(d)));
-        if let Some(repo) = repo {
-            args.push(format!("--cache-repo={repo}"));
-        }
-    }
-    args.extend(
-        k.build_args
-            .iter()
-            .map(|(a, v)| format!("--build-arg={a}={v}")),
-    );
-    if let Some(target) = &k.target {
-        args.push(format!("--target={target}"));
-    }
+    args.extend(k.executor_args());
     args.push("--digest-file=/dev/termination-log".into());
-    args
-}
-
-/// `registry.example.com/app:1.2` → `registry.example.com/app/cache` (as the local backend).
-pub fn cache_repo_for(destination: &str) -> String {
-    let without_digest = destination.split('@').next().unwrap_or(destination);
-    let name_start = without_digest.rfind('/').map_or(0, |i| i + 1);
-    let repo = match without_digest[name_start..].find(':') {
-        Some(colon) => &without_digest[..name_start + colon],
-        None => without_digest,
-    };
-    format!("{repo}/cache")
-}
-
-/// `image --exit-code 1 [--severity …] [--ignore-unfixed] IMAGE`: findings at the chosen
-/// severities exit 1, which fails the step.
-pub(crate) fn trivy_args(t: &TrivyStep) -> Vec<String> {
-    let mut args = vec!["image".to_owned(), "--exit-code".into(), "1".into()];
-    if !t.severity.is_empty() {
-        let s: Vec<&str> = t.severity.iter().map(|s| s.as_str()).collect();
-        args.push("--severity".into());
-        args.push(s.join(","));
-    }
-    if t.ignore_unfixed {
-        args.push("--ignore-unfixed".into());
-    }
-    args.push(t.image.clone());
     args
 }
 
@@ -318,15 +273,6 @@ fn valid_yaml_path(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_repository_defaults_to_the_destination_repository() {
-        assert_eq!(
-            cache_repo_for("registry.example.com:5000/acme/app:abc"),
-            "registry.example.com:5000/acme/app/cache"
-        );
-        assert_eq!(cache_repo_for("app@sha256:1"), "app/cache");
-    }
 
     #[test]
     fn yaml_paths_are_plain_dotted_keys() {
