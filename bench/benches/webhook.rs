@@ -28,9 +28,9 @@ fn octokit_push() -> String {
 fn grown_to_1_mib(push: &str) -> String {
     let mut value: Value = serde_json::from_str(push).unwrap();
     let commit = value["head_commit"].clone();
-    let commits = value["commits"].as_array_mut().unwrap();
     let per_commit = commit.to_string().len() + 1;
-    let needed = MIB.saturating_sub(push.len()) / per_commit + 1;
+    let needed = MIB.saturating_sub(value.to_string().len()) / per_commit + 1;
+    let commits = value["commits"].as_array_mut().unwrap();
     commits.extend(std::iter::repeat_n(commit, needed));
     let body = value.to_string();
     assert!(body.len() >= MIB);

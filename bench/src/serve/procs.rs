@@ -103,6 +103,7 @@ impl Drop for Server {
         for pid in descendants(self.pid()) {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
         let _ = self.child.kill();
