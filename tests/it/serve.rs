@@ -487,3 +487,37 @@ jobs:
         "the secret's value is in a file under the data directory"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_the_next_start_finishes_the_story() {
+    let daemon = GitDaemon::start();
+    let (repo, sha) =
+        repo_with("name: ci\njobs:\n  slow:\n    steps:\n      - run: echo started; sleep 30\n");
+    let url = daemon.publish(&repo, "app.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = Gantry::start(data.path(), &github.url, &[]);
+    send_push(
+        &gantry,
+        "d-term",
+        &push_payload("app", &url, ZERO, &sha, &[]),
+    )
+    .await;
+    let run_id = runs_of_delivery(&gantry, "d-term").await.remove(0);
+    eventually(Duration::from_secs(60), "the job to run", || async {
+        (run_of(&gantry, &run_id).await["jobs"][0]["status"] == "running").then_some(())
+    })
+    .await;
+    assert_eq!(
+        gantry.terminate(Duration::from_secs(20)),
+        Some(0),
+        "a clean exit"
+    );
+    let gantry = Gantry::start(data.path(), &github.url, &[]);
+    let run = final_run(&gantry, &run_id).await;
+    assert_eq!(run["status"], "error", "{run:#}");
+    eventually(Duration::from_secs(30), "the error status", || async {
+        (github.states("gantry/ci").last().map(String::as_str) == Some("error")).then_some(())
+    })
+    .await;
+}
