@@ -34,6 +34,7 @@ pub(crate) struct Inner {
     pub forges: HashMap<ForgeKind, Arc<dyn Forge>>,
     pub logs: Arc<dyn LogSink>,
     pub reattach: Option<Arc<dyn Reattach>>,
+    pub observer: Arc<dyn crate::Observer>,
     pub config: EngineConfig,
     /// The one lock every state change takes; it guards what the engine tracks of attempts
     /// handed to the backend (deadlines, cancels asked for).
@@ -81,6 +82,7 @@ impl Engine {
             forges: forges.into_iter().map(|f| (f.kind(), f)).collect(),
             logs,
             reattach: None,
+            observer: Arc::new(crate::NoObserver),
             config,
             active: tokio::sync::Mutex::new(Active::default()),
             wake: Notify::new(),
@@ -100,6 +102,25 @@ impl Engine {
             .unwrap_or_else(|_| panic!("with_reattach must be called before the engine is shared"));
         inner.reattach = Some(reattach);
         Self(Arc::new(inner))
+    }
+
+    /// Reports what happens to `observer` (metrics). Call before [`Engine::start`], on the only
+    /// handle.
+    pub fn with_observer(self, observer: Arc<dyn crate::Observer>) -> Self {
+        let mut inner = Arc::try_unwrap(self.0)
+            .unwrap_or_else(|_| panic!("with_observer must be called before the engine is shared"));
+        inner.observer = observer;
+        Self(Arc::new(inner))
+    }
+
+    /// Whether [`Engine::start`] has run: only a started engine schedules jobs (with leader
+    /// election, only the leader's).
+    pub fn is_started(&self) -> bool {
+        self.0
+            .events_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
     }
 
     /// Recovers what the last process left (attempts that were running end as `error` unless

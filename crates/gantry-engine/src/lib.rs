@@ -21,6 +21,7 @@ mod engine;
 mod grants;
 mod logs;
 mod machine;
+mod observe;
 mod reporter;
 mod status;
 
@@ -34,6 +35,7 @@ pub use grants::{
 };
 pub use logs::LogSink;
 pub use machine::{RESTART_REASON, SKIP_NOTHING_FAILED, SKIP_UPSTREAM_FAILED};
+pub use observe::{NoObserver, Observer};
 
 use gantry_core::{JobId, RunId};
 

@@ -34,6 +34,10 @@ pub(crate) struct Tracking {
     /// A cancel was asked for, with why.
     cancel: Option<String>,
     cancel_sent_at: Option<Instant>,
+    /// When the attempt was handed to the backend and whether a step has started since (for
+    /// the pod start latency).
+    handed_at: Option<Instant>,
+    step_seen: bool,
 }
 
 /// Attempts handed to the backend and not finished, by job and attempt.
@@ -241,6 +245,7 @@ impl Inner {
             self.progress_run(&mut tx, run_id).await?;
             tx.commit().await?;
             tracing::info!(run = %run_id, pipeline = %file, repo = %trigger.repo.full_name, sha = %trigger.sha, "run queued");
+            self.observer.run_created();
             ids.push(run_id);
         }
         drop(active);
@@ -464,6 +469,7 @@ impl Inner {
         };
         status::push_run(tx, &self.config, run, state, &text).await?;
         tracing::info!(run = %run.run.id, %state, "run finished");
+        self.observer.run_finished(state);
         Ok(())
     }
 
@@ -517,15 +523,18 @@ impl Inner {
             tx.commit().await?;
             (job, run)
         };
+        self.observer
+            .job_started(crate::observe::since(entry.enqueued_at));
         active.insert(
             (job.id, job.attempt),
             Tracking {
                 timeout: job.spec.timeout,
                 deadline: job.spec.timeout.map(|t| Instant::now() + t),
+                handed_at: Some(Instant::now()),
                 ..Tracking::default()
             },
         );
-        tracing::debug!(job = %job.id, attempt = job.attempt, name = %job.name, "starting job");
+        tracing::debug!(run = %run.run.id, job = %job.id, attempt = job.attempt, name = %job.name, "starting job");
         let job_request = request(&run, &job, &self.config.secrets);
         // Before the backend can send a line: the log sink learns the secrets to mask.
         self.logs.attempt_started(&job_request).await;
@@ -591,6 +600,8 @@ impl Inner {
             .await?;
         tx.set_job_state(job_id, attempt, state, reason.as_deref(), now)
             .await?;
+        self.observer
+            .job_finished(state, job.started_at.map(crate::observe::since));
         let retry = matches!(state, State::Failure | State::Error)
             && job.retries_left > 0
             && !run.cancel_requested;
@@ -632,6 +643,7 @@ impl Inner {
     pub(crate) async fn on_event(&self, event: JobEvent) -> Result<bool> {
         let (job_id, attempt) = (event.job_id, event.attempt);
         if let JobEventKind::Log(line) = &event.kind {
+            self.observer.log_line(line.text.len());
             if let Err(err) = self.logs.append(job_id, attempt, line).await {
                 tracing::warn!(job = %job_id, %err, "cannot store a log line");
             }
@@ -676,6 +688,12 @@ impl Inner {
                 }
             }
             JobEventKind::StepStarted { step } => {
+                if let Some(t) = active.get_mut(&(job_id, attempt))
+                    && !std::mem::replace(&mut t.step_seen, true)
+                    && let Some(at) = t.handed_at
+                {
+                    self.observer.first_step_started(at.elapsed());
+                }
                 tx.set_step_state(job_id, attempt, step, State::Running, None, None, event.at)
                     .await?;
             }

@@ -145,6 +145,9 @@ impl Reporter {
                         gantry_core::now(),
                     )
                     .await?;
+                self.inner
+                    .observer
+                    .status_reported(entry.repo.forge, "delivered");
                 Ok(None)
             }
             Err(err) => {
@@ -165,6 +168,9 @@ impl Reporter {
                         )
                         .await?;
                     self.inner.dropped_statuses.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .observer
+                        .status_reported(entry.repo.forge, "dropped");
                     tracing::warn!(
                         repo = %entry.repo.full_name,
                         sha = %entry.status.sha,
@@ -196,6 +202,9 @@ impl Reporter {
                 store
                     .reschedule_status(entry.id, attempts, next, &message)
                     .await?;
+                self.inner
+                    .observer
+                    .status_reported(entry.repo.forge, "retried");
                 tracing::info!(context = %entry.status.context, attempts, error = %message, ?wait, "commit status will be retried");
                 Ok(Some(wait))
             }

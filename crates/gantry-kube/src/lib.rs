@@ -6,11 +6,13 @@
 //! - [`KubeBackend`] creates pods, keeps ONE watch over all of Gantry's labelled pods, derives
 //!   step transitions from container statuses, follows one log stream per step, cancels by
 //!   deleting, sweeps finished and orphaned pods and re-attaches after a restart
-//!   ([`gantry_engine::Reattach`]).
+//!   ([`gantry_engine::Reattach`]);
+//! - [`lease`] elects the one replica that runs the engine, with a Lease.
 
 mod api;
 mod backend;
 mod config;
+pub mod lease;
 mod logs;
 
 pub mod names;
@@ -21,6 +23,7 @@ mod tracker;
 pub use backend::{CloneCredentials, GitCredentials, JobRegistry, KubeBackend};
 pub use config::{Images, KubeConfig, RepoPolicy, SecurityLevel, Timings};
 pub use gantry_engine::{PullRequestOrigin, Requester, SecretGrant, SecretGrants};
+pub use lease::{LeaderElector, Leadership, LeaseConfig};
 pub use render::{Manifest, RenderError, RenderOptions, Rendered, origin_of, render, to_yaml};
 
 /// What goes wrong in the backend.

@@ -1,6 +1,6 @@
 //! Gantry's HTTP side: webhook intake (`POST /hooks/{forge}`), the JSON API under `/api/v1`
 //! (with step logs as pages, raw text and a live SSE follow), the web viewer (server-rendered
-//! HTML with a little plain JavaScript, no build step) and `/healthz` / `/readyz`.
+//! HTML with a little plain JavaScript, no build step), `/metrics`, `/healthz` and `/readyz`.
 //!
 //! A webhook is verified over its raw body, parsed, stored durably and answered `202` — planning
 //! happens after the answer, in [`intake`], so a slow forge or cluster never makes a delivery
@@ -11,6 +11,7 @@ mod error;
 mod hooks;
 pub mod intake;
 mod logs_api;
+pub mod metrics;
 pub mod openapi;
 mod viewer;
 mod views;
@@ -33,6 +34,7 @@ pub use error::ApiError;
 /// The log service the server reads from, for binaries that wire it.
 pub use gantry_logs;
 pub use intake::PipelineSource;
+pub use metrics::{Metrics, Ops, Probe};
 pub use views::{JobView, RunView, StepView};
 
 /// The largest webhook body accepted (GitHub caps payloads at 25 MB); larger ones get 413.
@@ -77,11 +79,21 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Every route, with the middleware: tracing, panics turned into 500s, a request timeout, and
-/// the webhook body limit.
+/// Every route, with the middleware, and metrics of its own (see [`app_with`]).
 pub fn app(state: AppState) -> Router {
+    app_with(state, Ops::default())
+}
+
+/// Every route, with the middleware: tracing, panics turned into 500s, a request timeout, the
+/// webhook body limit and the delivery counter; `ops` holds the metrics `/metrics` shows (the
+/// engine's observer should be the same) and what `/readyz` checks besides the database.
+pub fn app_with(state: AppState, ops: Ops) -> Router {
     let hooks = Router::new()
         .route("/hooks/{forge}", post(hooks::receive))
+        .route_layer(axum::middleware::from_fn_with_state(
+            ops.metrics.clone(),
+            metrics::count_delivery,
+        ))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY));
     let api = Router::new()
         .route("/api/v1/runs", get(api::list_runs))
@@ -104,7 +116,8 @@ pub fn app(state: AppState) -> Router {
         .route(&format!("{step_log}/raw"), get(logs_api::raw));
     let health = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(api::ready));
+        .route("/readyz", get(metrics::ready))
+        .route("/metrics", get(metrics::serve));
     Router::new()
         .merge(hooks)
         .merge(api)
@@ -118,5 +131,6 @@ pub fn app(state: AppState) -> Router {
         .merge(live)
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::Extension(ops))
         .with_state(state)
 }

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::commands;
 
@@ -24,6 +24,16 @@ pub struct Global {
     /// Diagnostic log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, global = true, default_value = "warn", env = "GANTRY_LOG")]
     pub log: String,
+    /// Diagnostic log format: `text` for people, `json` (one object a line, with the current
+    /// span's fields such as run, job and delivery ids) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "GANTRY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,13 +55,17 @@ pub enum Command {
     Render(commands::render::RenderArgs),
     /// Serve webhooks and the API, and run what they trigger.
     Serve(Box<commands::serve::ServeArgs>),
+    /// Print the configuration reference (flags, environment variables, file keys) as
+    /// Markdown: docs/configuration.md.
+    #[command(hide = true)]
+    ConfigReference,
 }
 
 impl Cli {
     /// Parses the command line and runs it; the exit code says how it went.
     pub fn parse_and_run() -> ExitCode {
         let cli = Cli::parse();
-        init_tracing(&cli.global.log);
+        init_tracing(&cli.global.log, cli.global.log_format);
         match cli.global.color {
             ColorChoice::Auto => {}
             ColorChoice::Always => owo_colors::set_override(true),
@@ -64,6 +78,10 @@ impl Cli {
             Command::Render(args) => commands::render::render(args),
             Command::Serve(args) => {
                 runtime().and_then(|rt| rt.block_on(commands::serve::serve(*args)))
+            }
+            Command::ConfigReference => {
+                print!("{}", commands::config_reference::markdown(&Cli::command()));
+                Ok(ExitCode::SUCCESS)
             }
         };
         match result {
@@ -82,20 +100,26 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn init_tracing(filter: &str) {
+fn init_tracing(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
 
     #[test]

@@ -1,8 +1,9 @@
 //! gantry-server integration tests: the log API and SSE over real loopback connections,
-//! secrets, the OpenAPI document, the viewer's pages, and the viewer in headless Chromium.
+//! secrets, metrics and readiness, the OpenAPI document, the viewer's pages, and the viewer in headless Chromium.
 
 mod browser;
 mod logs_api;
+mod metrics;
 mod openapi;
 mod support;
 mod viewer;

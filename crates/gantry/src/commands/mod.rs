@@ -1,3 +1,4 @@
+pub mod config_reference;
 pub mod lint;
 pub mod render;
 pub mod run;

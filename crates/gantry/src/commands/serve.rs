@@ -60,11 +60,31 @@ pub struct ServeArgs {
     #[arg(long, env = "GANTRY_BACKEND", value_enum)]
     pub backend: Option<BackendChoice>,
     #[command(flatten)]
+    pub election: ElectionArgs,
+    #[command(flatten)]
     pub github: GithubArgs,
     #[command(flatten)]
     pub gitlab: GitlabArgs,
     #[command(flatten)]
     pub gitea: GiteaArgs,
+}
+
+/// Several replicas on one PostgreSQL database: all serve, one runs the engine.
+#[derive(Debug, Args)]
+pub struct ElectionArgs {
+    /// Run the engine only while this replica holds a Kubernetes Lease; every replica serves
+    /// webhooks, the API and the viewer. For several replicas on one PostgreSQL database.
+    #[arg(long, env = "GANTRY_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// The Lease's name.
+    #[arg(long, env = "GANTRY_LEADER_ELECTION_LEASE", default_value = "gantry")]
+    pub leader_election_lease: String,
+    /// The Lease's namespace. Default: the namespace Gantry runs in.
+    #[arg(long, env = "GANTRY_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// This replica's name in the Lease. Default: the host name (in a pod, the pod's name).
+    #[arg(long, env = "GANTRY_LEADER_ELECTION_IDENTITY")]
+    pub leader_election_identity: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -338,17 +358,56 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         values: None,
     };
     let choice = args.backend.or(file.backend).unwrap_or(BackendChoice::Auto);
-    let kube_client =
+    let metrics = gantry_server::Metrics::new();
+    let cluster =
         match choice {
             BackendChoice::Local => None,
-            BackendChoice::Kubernetes => Some(kube_client().await.context(
+            BackendChoice::Kubernetes => Some(kube_client(&metrics).await.context(
                 "--backend kubernetes: no usable kubeconfig or in-cluster configuration",
             )?),
-            BackendChoice::Auto => kube_client().await.ok(),
+            BackendChoice::Auto => kube_client(&metrics).await.ok(),
         };
+    let mut probes: Vec<Arc<dyn gantry_server::Probe>> = Vec::new();
+    let election = if args.election.leader_election {
+        let client = match &cluster {
+            Some((client, _)) => client.clone(),
+            // Leases need a cluster even when jobs run elsewhere.
+            None => {
+                kube_client(&metrics)
+                    .await
+                    .context("--leader-election: no usable kubeconfig or in-cluster configuration")?
+                    .0
+            }
+        };
+        if database_url.starts_with("sqlite:") {
+            notes.push(
+                "leader election with SQLite: only one replica can use the data directory; use PostgreSQL for several"
+                    .to_owned(),
+            );
+        }
+        let namespace = args
+            .election
+            .leader_election_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let identity = args
+            .election
+            .leader_election_identity
+            .clone()
+            .unwrap_or_else(host_name);
+        let lease = gantry_kube::LeaseConfig::new(
+            args.election.leader_election_lease.clone(),
+            namespace,
+            identity,
+        );
+        Some(gantry_kube::LeaderElector::new(client, lease))
+    } else {
+        None
+    };
     let mut kube_backend = None;
-    let (backend, backend_text): (Arc<dyn Backend>, String) = match kube_client {
+    let (backend, backend_text): (Arc<dyn Backend>, String) = match cluster {
         Some((client, context)) => {
+            probes.push(Arc::new(KubeProbe(client.clone())));
             let mut kube_config = file.kubernetes.clone().unwrap_or_default();
             kube_config.grants = gantry_engine::SecretGrants(file.grants.clone());
             let namespace = kube_config.namespace.clone();
@@ -375,13 +434,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let logs = Logs::open(data_dir.join("logs")).context("cannot open the log store")?;
-    let mut engine = Engine::new(store, backend, forges, Arc::new(logs.clone()), config);
+    let mut engine = Engine::new(store, backend, forges, Arc::new(logs.clone()), config)
+        .with_observer(Arc::new(metrics.clone()));
     if let Some(kb) = &kube_backend {
         engine = engine.with_reattach(Arc::new(kb.clone()));
-    }
-    engine.start().await.context("cannot start the engine")?;
-    if let Some(kb) = &kube_backend {
-        kb.spawn_sweeper(Arc::new(StoreRegistry(engine.store().clone())));
     }
 
     let state = AppState(Arc::new(App {
@@ -411,8 +467,56 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
         });
     }
-    let recover = state.clone();
-    tokio::spawn(async move { gantry_server::intake::recover(&recover).await });
+    let shutdown = engine.shutdown_token();
+    // Set when this replica stopped leading: it exits non-zero so that it restarts as a
+    // follower (an engine is never restarted in the same process).
+    let lost_lease = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let leadership = match election {
+        None => {
+            start_engine(&engine, kube_backend.as_ref(), &state).await?;
+            metrics.set_engine_active(true);
+            None
+        }
+        Some(elector) => {
+            let lease = elector.config().clone();
+            notes.push(format!(
+                "leader election: the engine runs while {} holds lease {}/{}",
+                lease.identity, lease.namespace, lease.name
+            ));
+            let leadership = elector.spawn();
+            let mut changes = leadership.subscribe();
+            let (engine, kb, state, metrics, lost) = (
+                engine.clone(),
+                kube_backend.clone(),
+                state.clone(),
+                metrics.clone(),
+                lost_lease.clone(),
+            );
+            tokio::spawn(async move {
+                if changes.wait_for(|leading| *leading).await.is_err() {
+                    return;
+                }
+                tracing::info!("leading: starting the engine");
+                if let Err(err) = start_engine(&engine, kb.as_ref(), &state).await {
+                    tracing::error!(error = %format!("{err:#}"), "cannot start the engine");
+                    lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                    engine.shutdown_token().cancel();
+                    return;
+                }
+                metrics.set_engine_active(true);
+                if changes.wait_for(|leading| !*leading).await.is_ok()
+                    && !engine.shutdown_token().is_cancelled()
+                {
+                    tracing::error!("lost the lease: stopping so that another replica leads");
+                    metrics.set_engine_active(false);
+                    lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                    engine.shutdown_token().cancel();
+                }
+            });
+            // Followers serve at once; the scheduler starts when the lease is ours.
+            Some(leadership)
+        }
+    };
 
     println!("Gantry is listening on http://{local}");
     println!("  webhooks:  {public_url}/hooks/github · /hooks/gitlab · /hooks/gitea");
@@ -428,20 +532,75 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         println!("  note:      {note}");
     }
 
-    let shutdown = engine.shutdown_token();
-    let server = axum::serve(listener, gantry_server::app(state)).with_graceful_shutdown({
-        let shutdown = shutdown.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = shutdown.cancelled() => {}
+    let ops = gantry_server::Ops {
+        metrics: metrics.clone(),
+        probes,
+    };
+    let server =
+        axum::serve(listener, gantry_server::app_with(state, ops)).with_graceful_shutdown({
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown_signal() => {}
+                    _ = shutdown.cancelled() => {}
+                }
             }
-        }
-    });
+        });
     server.await.context("the HTTP server failed")?;
     eprintln!("gantry: shutting down: finishing writes");
     engine.shutdown().await;
+    if let Some(leadership) = leadership {
+        // After the engine stopped: only then may another replica start one.
+        leadership.stop().await;
+    }
+    if lost_lease.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the scheduler (after recovery), the pod sweeper, and the planning of deliveries a
+/// crash left unplanned.
+async fn start_engine(
+    engine: &Engine,
+    kube_backend: Option<&gantry_kube::KubeBackend>,
+    state: &AppState,
+) -> anyhow::Result<()> {
+    engine.start().await.context("cannot start the engine")?;
+    if let Some(kb) = kube_backend {
+        kb.spawn_sweeper(Arc::new(StoreRegistry(engine.store().clone())));
+    }
+    let recover = state.clone();
+    tokio::spawn(async move { gantry_server::intake::recover(&recover).await });
+    Ok(())
+}
+
+/// This machine's name (in a pod: the pod's name), or a name of this process.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("gantry-{}", uuid::Uuid::new_v4()))
+}
+
+/// `/readyz` asks the API server for its version.
+struct KubeProbe(kube::Client);
+
+#[async_trait::async_trait]
+impl gantry_server::Probe for KubeProbe {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        self.0
+            .apiserver_version()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -508,10 +667,13 @@ async fn shutdown_signal() {
 
 /// A kube client from the in-cluster configuration or the kubeconfig, with a description of
 /// where it points.
-async fn kube_client() -> anyhow::Result<(kube::Client, String)> {
+async fn kube_client(metrics: &gantry_server::Metrics) -> anyhow::Result<(kube::Client, String)> {
     let config = kube::Config::infer().await?;
     let where_ = config.cluster_url.to_string();
-    Ok((kube::Client::try_from(config)?, where_))
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&metrics.kube_layer())
+        .build();
+    Ok((client, where_))
 }
 
 /// The sweeper asks whether a labelled pod belongs to an attempt the store knows.
