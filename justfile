@@ -26,7 +26,7 @@ demo-run: build
 
 # The whole test suite, as CI runs it: formatting, lints, generated files, every test (with a
 # PostgreSQL server and a Kubernetes test cluster), fuzzing.
-test: deps fmt-check clippy check-generated cluster-build cluster-stage-tests test-all fuzz-ci
+test: deps fmt-check clippy check-generated check-chart cluster-build cluster-stage-tests test-all fuzz-ci
 
 # Install what the tests need (Debian packages, cargo tools).
 deps:
@@ -51,6 +51,11 @@ test-all:
     export GANTRY_TEST_DATABASE_URL=$(scripts/pg-test-server start "$pg")
     trap 'scripts/pg-test-server stop "$pg"' EXIT
     tests/cluster/with-cluster bash -c 'tests/cluster/smoke "$GANTRY_TEST_CLUSTER_DIR" && cargo test --workspace --locked --no-fail-fast'
+
+# The Helm chart: helm lint --strict, kubernetes-validate --strict (1.36) on each value set,
+# checkov and trivy config, with every accepted finding documented in the chart.
+check-chart:
+    scripts/check-chart
 
 # Build (or reuse from the cache) the Kubernetes control plane, etcd and kwok for the tests.
 cluster-build:

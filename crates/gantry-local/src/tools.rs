@@ -82,7 +82,6 @@ pub(crate) fn find_on_path(name: &str, path: Option<&str>) -> Option<PathBuf> {
 mod tests {
     use std::collections::BTreeMap;
 
-
     use super::*;
 
     #[test]
