@@ -1,7 +1,8 @@
 //! The backend: creates pods, keeps one watch over all of them, runs one task per attempt that
 //! turns its pod's changes into job events, cancels, and re-attaches after a restart.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -68,13 +69,23 @@ pub(crate) struct Inner {
     pub credentials: Option<Arc<dyn CloneCredentials>>,
     /// Attempts under way, by pod name.
     pub jobs: Mutex<HashMap<String, mpsc::UnboundedSender<Update>>>,
+    /// Pods of attempts under way that are known to exist: their create returned (or they were
+    /// re-attached from the watch's cache). Only these can be missing from a listing because
+    /// they were deleted; a pod whose create is still in flight may simply be newer than it.
+    created: Mutex<HashSet<String>>,
     pub store: Store<Pod>,
+    /// Listings the watch started (1 after the start; one more after every 410 Gone).
+    lists: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Inner {
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Update>>> {
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn created(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.created.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn route(&self, name: &str, update: Update) {
@@ -117,7 +128,9 @@ impl KubeBackend {
             config,
             credentials,
             jobs: Mutex::new(HashMap::new()),
+            created: Mutex::new(HashSet::new()),
             store,
+            lists: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
         });
         let watch = tokio::spawn(watch_pods(Arc::downgrade(&inner), pods, writer));
@@ -131,6 +144,13 @@ impl KubeBackend {
 
     pub fn config(&self) -> &KubeConfig {
         &self.inner.config
+    }
+
+    /// How many times the pod watch has listed the build namespace: 1 once it started, one more
+    /// after every re-list (a `410 Gone` on the watch). For tests and diagnostics.
+    #[doc(hidden)]
+    pub fn pod_lists(&self) -> u64 {
+        self.inner.lists.load(Ordering::Relaxed)
     }
 
     /// Attempts under way.
@@ -173,7 +193,13 @@ impl KubeBackend {
             origin: origin_of(&job),
             clone_credentials: credentials.is_some(),
         };
-        let rendered = render(&job, &inner.config, &options)?;
+        let mut rendered = render(&job, &inner.config, &options)?;
+        if !inner.config.pod_annotations.is_empty() {
+            let annotations = rendered.pod.metadata.annotations.get_or_insert_default();
+            for (k, v) in &inner.config.pod_annotations {
+                annotations.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
         let name = names::pod_name(job.job_id, job.attempt);
         let (tx, rx) = mpsc::unbounded_channel();
         {
@@ -191,6 +217,7 @@ impl KubeBackend {
                 return Err(e);
             }
         };
+        inner.created().insert(name.clone());
         if let Some(creds) = credentials
             && let Err(e) = api::create_secret(
                 &inner.secrets,
@@ -202,6 +229,7 @@ impl KubeBackend {
             tracing::warn!(pod = %name, error = %e, "cannot create the clone credentials; deleting the pod");
             let _ =
                 api::delete_pod(&inner.pods, &name, Duration::ZERO, &inner.config.timings).await;
+            inner.created().remove(&name);
             inner.jobs().remove(&name);
             return Err(e);
         }
@@ -256,6 +284,8 @@ async fn watch_pods(
     let stream = watcher(pods, config).default_backoff().reflect(writer);
     futures::pin_mut!(stream);
     let mut listed: Vec<String> = Vec::new();
+    // Pods known to exist when the listing started: only they can be gone from it.
+    let mut existing: HashSet<String> = HashSet::new();
     while let Some(event) = stream.next().await {
         let Some(inner) = inner.upgrade() else { return };
         match event {
@@ -272,14 +302,21 @@ async fn watch_pods(
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 inner.route(&name, Update::Deleted);
             }
-            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::Init) => {
+                // Sent before the list request: a pod whose create returned by now is in the
+                // listing (a list without resourceVersion is a consistent read) unless deleted.
+                inner.lists.fetch_add(1, Ordering::Relaxed);
+                listed.clear();
+                existing = inner.created().clone();
+            }
             Ok(watcher::Event::InitDone) => {
                 // A re-list (after 410 Gone or a restart of the watch): pods of running
-                // attempts missing from it were deleted while we were not watching.
+                // attempts missing from it were deleted while we were not watching. Not those
+                // created while it was listed: they are newer than the listing.
                 let gone: Vec<String> = inner
                     .jobs()
                     .keys()
-                    .filter(|n| !listed.contains(n))
+                    .filter(|n| existing.contains(*n) && !listed.contains(n))
                     .cloned()
                     .collect();
                 for name in gone {
@@ -354,7 +391,9 @@ impl Runner {
         self.send(JobEventKind::Log(line)).await;
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Update>, reattached: bool) {
+    /// `reattached`: the first update is the pod as a restarted Gantry found it; the steps
+    /// running then get a notice that their output is shown again. Not the steps after them.
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Update>, mut reattached: bool) {
         let mut last: Option<Arc<Pod>> = None;
         while !self.tracker.is_finished() {
             let stuck_at = self.stuck_until.as_ref().map(|s| s.0);
@@ -393,8 +432,12 @@ impl Runner {
             for action in actions {
                 self.act(action, reattached).await;
             }
+            if last.is_some() {
+                reattached = false;
+            }
         }
         drop(last);
+        self.inner.created().remove(&self.pod);
         self.inner.jobs().remove(&self.pod);
     }
 
@@ -539,6 +582,7 @@ impl gantry_engine::Reattach for KubeBackend {
             }
             jobs.insert(name.clone(), tx.clone());
         }
+        self.inner.created().insert(name.clone());
         let _ = tx.send(Update::Applied(pod));
         let runner = Runner::new(
             Arc::clone(&self.inner),

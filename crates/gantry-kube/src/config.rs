@@ -157,6 +157,12 @@ pub struct KubeConfig {
     /// enough for `apt-get`, `chown` and dropping to another user inside common images.
     pub run_capabilities: Vec<String>,
     pub timings: Timings,
+    /// Annotations put on every pod (Gantry's own `gantry.dev/job-name`, `repo`, `ref` and
+    /// `sha` win over them). Not read from the configuration file: for code that embeds the
+    /// backend. The cluster tests set kwok's `gantry.dev/exit-codes`, `durations-ms` and `logs`
+    /// here to play each container (docs/testing.md).
+    #[serde(skip)]
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 impl Default for KubeConfig {
@@ -183,6 +189,7 @@ impl Default for KubeConfig {
             .map(String::from)
             .to_vec(),
             timings: Timings::default(),
+            pod_annotations: BTreeMap::new(),
         }
     }
 }

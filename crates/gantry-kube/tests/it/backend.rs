@@ -138,7 +138,7 @@ async fn until(
     }
 }
 
-fn shape(events: &[JobEventKind]) -> Vec<String> {
+pub fn shape(events: &[JobEventKind]) -> Vec<String> {
     events
         .iter()
         .map(|e| match e {

@@ -1,0 +1,208 @@
+//! Gantry with a ServiceAccount token bound to exactly the Role the Helm chart renders
+//! (`helm template charts/gantry`): everything the backend does is allowed, and a request
+//! outside the Role is denied by the real RBAC authorizer.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use gantry_core::{Backend, JobId, RunId};
+use gantry_kube::{JobRegistry, KubeBackend, names};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{cluster, config, eventually, play, root, until_finished};
+use crate::backend::{job, shape};
+
+/// `helm template` of the chart for a release in `release_ns` with builds in `build_ns`, as
+/// one JSON value per document.
+fn helm_template(release_ns: &str, build_ns: &str) -> Vec<Value> {
+    let root = root();
+    let out = Command::new(root.join("tests/cluster/helm"))
+        .args(["template", "gantry"])
+        .arg(root.join("charts/gantry"))
+        .args(["--namespace", release_ns])
+        .args(["--set", &format!("buildNamespace.name={build_ns}")])
+        .output()
+        .expect("run tests/cluster/helm (it installs helm on first use)");
+    assert!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("\n---")
+        .filter_map(|doc| {
+            let v: Value = serde_saphyr::from_str(doc).ok()?;
+            v.is_object().then_some(v)
+        })
+        .collect()
+}
+
+struct Nobody;
+
+#[async_trait::async_trait]
+impl JobRegistry for Nobody {
+    async fn knows(&self, _: RunId, _: JobId, _: u32) -> bool {
+        false
+    }
+}
+
+fn forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
+    match result {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_charts_role_is_enough_and_nothing_more_is_allowed() {
+    let c = cluster();
+    let build_ns = c.namespace("rbac").await;
+    let release_ns = c.namespace("rbac-rel").await;
+    let docs = helm_template(&release_ns, &build_ns);
+    let kind = |v: &Value| v["kind"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        docs.iter().all(|d| !kind(d).starts_with("Cluster")),
+        "the chart grants nothing cluster-wide"
+    );
+    let in_build = |k: &str| {
+        docs.iter()
+            .find(|d| kind(d) == k && d["metadata"]["namespace"] == build_ns.as_str())
+            .unwrap_or_else(|| panic!("no {k} for namespace {build_ns} in the chart"))
+            .clone()
+    };
+    let role: Role = serde_json::from_value(in_build("Role")).unwrap();
+    let binding: RoleBinding = serde_json::from_value(in_build("RoleBinding")).unwrap();
+    let subject = &binding.subjects.as_ref().unwrap()[0];
+    assert_eq!(subject.kind, "ServiceAccount");
+    let sa_ns = subject.namespace.clone().unwrap();
+    assert_eq!(sa_ns, release_ns);
+
+    // As the admin: the ServiceAccount, the chart's Role and RoleBinding as rendered, and a
+    // token for the account through the TokenRequest API.
+    let admin = c.admin().await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), &sa_ns);
+    let account = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(subject.name.clone()),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    Api::<Role>::namespaced(admin.clone(), &build_ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &build_ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    let token = accounts
+        .create_token_request(&subject.name, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .expect("a token");
+    let gantry = c.client(&token).await;
+
+    // Everything the backend does, as that account: watch and list pods, create a pod and
+    // its clone Secret, follow logs, sweep (delete).
+    let mut cfg = config(
+        &build_ns,
+        play("", "*=200", &[("step-0", "as the service account")]),
+    );
+    cfg.timings.retention = Duration::ZERO;
+    let creds: std::sync::Arc<dyn gantry_kube::CloneCredentials> =
+        std::sync::Arc::new(super::Token);
+    let backend = KubeBackend::new(gantry.clone(), cfg, Some(creds));
+    assert!(backend.ready().await, "the account may list and watch pods");
+    let job = job(&["build"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let (tx, mut rx) = mpsc::channel(64);
+    backend.start(job.clone(), tx).await.unwrap();
+    let events = shape(&until_finished(&mut rx).await);
+    assert_eq!(
+        events,
+        [
+            "started",
+            "step 0 started",
+            "log 0 #1 as the service account",
+            "step 0 success exit 0",
+            "finished success",
+        ]
+    );
+    let swept = eventually("the sweep to delete the finished pod", || async {
+        let swept = backend.sweep(&Nobody).await;
+        (!swept.is_empty()).then_some(swept)
+    })
+    .await;
+    assert_eq!(swept, std::slice::from_ref(&pod));
+
+    // Outside the Role: denied.
+    let secrets: Api<Secret> = Api::namespaced(gantry.clone(), &build_ns);
+    forbidden("list secrets", secrets.list(&ListParams::default()).await);
+    forbidden(
+        "get the clone secret",
+        secrets.get(&names::clone_secret(&pod)).await,
+    );
+    forbidden(
+        "list pods in another namespace",
+        Api::<Pod>::namespaced(gantry.clone(), &release_ns)
+            .list(&ListParams::default())
+            .await,
+    );
+    forbidden(
+        "list pods in every namespace",
+        Api::<Pod>::all(gantry.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+    forbidden(
+        "list nodes",
+        Api::<Node>::all(gantry.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+    forbidden(
+        "create a namespace",
+        Api::<Namespace>::all(gantry.clone())
+            .create(
+                &PostParams::default(),
+                &Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(format!("{build_ns}-x")),
+                        labels: Some(BTreeMap::new()),
+                        ..ObjectMeta::default()
+                    },
+                    ..Namespace::default()
+                },
+            )
+            .await,
+    );
+    forbidden(
+        "create a Role (escalate)",
+        Api::<Role>::namespaced(gantry, &build_ns)
+            .create(&PostParams::default(), &role)
+            .await,
+    );
+}
