@@ -86,6 +86,11 @@ pub struct StartResult {
     pub reference: Latency,
     /// Runs that did not start within the time limit (not in the percentiles).
     pub missing: usize,
+    /// Deliveries whose planning failed (not in the percentiles), and the first reason.
+    #[serde(default)]
+    pub failed: usize,
+    #[serde(default)]
+    pub failure: Option<String>,
 }
 
 /// Issue 4: planning throughput and resident memory with many queued runs.

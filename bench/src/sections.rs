@@ -26,10 +26,14 @@ pub fn render(dir: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
 }
 
 fn ratio(measured: f64, reference: f64) -> String {
-    if reference > 0.0 {
-        format!("{:.2}×", measured / reference)
-    } else {
+    let r = measured / reference;
+    if reference <= 0.0 {
         "–".into()
+    } else if r >= 0.1 {
+        format!("{r:.2}×")
+    } else {
+        // Small ratios (a rate against a bare endpoint) keep two significant digits.
+        format!("{r:.1e}×")
     }
 }
 
@@ -152,9 +156,13 @@ fn start(r: &StartResult) -> String {
     );
     let _ = writeln!(
         md,
-        "\n{} runs measured, {} did not start within the time limit.",
-        r.gantry.count, r.missing
+        "\n{} runs measured, {} did not start within the time limit, {} deliveries failed \
+         planning.",
+        r.gantry.count, r.missing, r.failed
     );
+    if let Some(reason) = &r.failure {
+        let _ = writeln!(md, "\nFirst planning failure: `{reason}`.");
+    }
     if r.runs < 1000 {
         let _ = writeln!(
             md,

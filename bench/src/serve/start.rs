@@ -68,11 +68,15 @@ pub async fn run(settings: &Settings) -> anyhow::Result<StartResult> {
     // Every run should have started its first step by now or soon: follow each up.
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut samples = Vec::with_capacity(n);
-    let mut missing = 0;
+    let (mut missing, mut failed, mut failure) = (0, 0, None);
     for i in 0..n {
         match first_step(&client, &gantry.url, &format!("start-{i}"), deadline).await? {
-            Some(ms) => samples.push(ms),
-            None => missing += 1,
+            Started::After(ms) => samples.push(ms),
+            Started::NotYet => missing += 1,
+            Started::Failed(reason) => {
+                failed += 1;
+                failure.get_or_insert(reason);
+            }
         }
     }
     drop(gantry);
@@ -84,7 +88,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<StartResult> {
     }
     let gantry = Latency::of(samples);
     eprintln!(
-        "start: gantry (webhook → first step): p50 {:.1} ms, p99 {:.1} ms, {missing} missing",
+        "start: gantry (webhook → first step): p50 {:.1} ms, p99 {:.1} ms, {missing} missing, \
+         {failed} failed ({failure:?})",
         gantry.p50_ms, gantry.p99_ms
     );
     Ok(StartResult {
@@ -94,17 +99,25 @@ pub async fn run(settings: &Settings) -> anyhow::Result<StartResult> {
         gantry,
         reference,
         missing,
+        failed,
+        failure,
     })
 }
 
-/// Delivery `received_at` → the first step's `started_at`, in ms, once both are known; `None`
-/// when the deadline passes first.
+enum Started {
+    After(f64),
+    NotYet,
+    /// Planning failed: the delivery's reason.
+    Failed(String),
+}
+
+/// Delivery `received_at` → the first step's `started_at`, in ms, once both are known.
 async fn first_step(
     client: &reqwest::Client,
     base: &str,
     delivery: &str,
     deadline: Instant,
-) -> anyhow::Result<Option<f64>> {
+) -> anyhow::Result<Started> {
     let mut run_id = None;
     while Instant::now() < deadline {
         if run_id.is_none() {
@@ -118,7 +131,11 @@ async fn first_step(
                     let received = hooks::timestamp(&d["received_at"]).context("received_at")?;
                     run_id = Some((id.to_owned(), received));
                 }
-                Some("failed") => bail!("delivery {delivery} failed: {}", d["reason"]),
+                Some("failed") => {
+                    return Ok(Started::Failed(
+                        d["reason"].as_str().unwrap_or("?").to_owned(),
+                    ));
+                }
                 _ => {}
             }
         }
@@ -127,12 +144,12 @@ async fn first_step(
                 .await?
                 .context("run not found")?;
             if let Some(started) = hooks::timestamp(&run["jobs"][0]["steps"][0]["started_at"]) {
-                return Ok(Some(hooks::millis(*received, started)));
+                return Ok(Started::After(hooks::millis(*received, started)));
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(None)
+    Ok(Started::NotYet)
 }
 
 /// The same work without Gantry, started at the same rate: each sample is a fresh directory,
