@@ -482,6 +482,7 @@ impl Runner {
                     ended,
                     settle: t.log_drain,
                     backoff: t.backoff,
+                    max_backoff: t.max_backoff,
                     preface: reattached.then(|| {
                         "re-attached after a restart of Gantry: this step's output is shown again from its start".to_owned()
                     }),

@@ -83,7 +83,9 @@ pub(crate) struct Follow {
     pub ended: watch::Receiver<bool>,
     /// How long to wait for the container's end after a stream ends before resuming.
     pub settle: Duration,
+    /// First wait after a failed open; doubles up to `max_backoff`.
     pub backoff: Duration,
+    pub max_backoff: Duration,
     /// A line said first (a re-attached step).
     pub preface: Option<String>,
 }
@@ -91,8 +93,10 @@ pub(crate) struct Follow {
 enum Read {
     /// The server ended the stream.
     Eof,
-    /// The connection broke.
+    /// The connection broke, or the stream could not be opened (yet).
     Broken,
+    /// The pod or container is gone (404): there is nothing more to read.
+    Gone,
 }
 
 impl Follow {
@@ -123,6 +127,7 @@ impl Follow {
             self.send(&mut cursor, gantry_core::now(), Stream::System, text)
                 .await;
         }
+        let mut delay = self.backoff;
         loop {
             let ended_before = *self.ended.borrow();
             requests += 1;
@@ -132,7 +137,9 @@ impl Follow {
                 return requests;
             }
             match read {
+                Read::Gone => return requests,
                 Read::Eof => {
+                    delay = self.backoff;
                     // A follow stream ends when the container does; the watch will say so.
                     // If it does not within `settle`, the stream broke: resume.
                     let _ = tokio::time::timeout(self.settle, self.ended.wait_for(|e| *e)).await;
@@ -141,7 +148,11 @@ impl Follow {
                     }
                 }
                 Read::Broken => {
-                    tokio::time::sleep(self.backoff).await;
+                    // Back off, doubling: a container that has not started yet, or an API
+                    // server in trouble, must not be asked again and again. The container's
+                    // end cuts the wait short: then one last read collects what it wrote.
+                    let _ = tokio::time::timeout(delay, self.ended.wait_for(|e| *e)).await;
+                    delay = (delay * 2).min(self.max_backoff.max(self.backoff));
                 }
             }
         }
@@ -158,6 +169,10 @@ impl Follow {
         };
         let reader = match self.api.log_stream(&self.pod, &params).await {
             Ok(r) => r,
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                tracing::debug!(pod = %self.pod, container = %self.container, "log gone: the pod or container no longer exists");
+                return Read::Gone;
+            }
             Err(e) => {
                 tracing::debug!(pod = %self.pod, container = %self.container, error = %e, "log stream did not open");
                 return Read::Broken;

@@ -792,3 +792,52 @@ async fn requests_per_job_stay_within_the_budget() {
     assert_eq!(counts.get("list pods").copied(), Some(1), "{counts:?}");
     assert_eq!(counts.get("watch pods").copied(), Some(1), "{counts:?}");
 }
+
+#[tokio::test]
+async fn failing_log_opens_back_off_and_a_vanished_pod_stops_them() {
+    // Opens that fail (the container not started yet, a server in trouble) back off, doubling
+    // from 10 ms up to 50 ms: over one second that is about 20 requests, not 100.
+    let h = harness(false);
+    let job = job(&["only"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let c = names::step_container(0);
+    for _ in 0..500 {
+        h.fake.fault("log pods", Fault::Status(500, 0));
+    }
+    let (tx, mut rx) = mpsc::channel(256);
+    h.backend.start(job, tx).await.unwrap();
+    h.fake.update(&pod, |s| {
+        fake::set(s, fake::terminated("clone", 0, None, None), false)
+    });
+    h.fake
+        .update(&pod, |s| fake::set(s, fake::running(&c), true));
+    wait_for(|| (h.fake.count("log pods") >= 1).then_some(())).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let opens = h.fake.count("log pods");
+    assert!(opens <= 40, "{opens} log requests in a second: no backoff");
+    h.fake.update(&pod, |s| {
+        fake::set(s, fake::terminated(&c, 0, None, None), true);
+        s.phase = Some("Succeeded".into());
+    });
+    until_finished(&mut rx).await;
+
+    // A 404 means the pod (or container) is gone: the stream is not asked for again.
+    let h = harness(false);
+    let second = self::job(&["only"]);
+    let pod = names::pod_name(second.job_id, second.attempt);
+    h.fake.fault("log pods", Fault::Status(404, 0));
+    let (tx, _rx) = mpsc::channel(256);
+    h.backend.start(second, tx).await.unwrap();
+    h.fake.update(&pod, |s| {
+        fake::set(s, fake::terminated("clone", 0, None, None), false)
+    });
+    h.fake
+        .update(&pod, |s| fake::set(s, fake::running(&c), true));
+    wait_for(|| (h.fake.count("log pods") >= 1).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        h.fake.count("log pods"),
+        1,
+        "a gone pod's log is not asked for again"
+    );
+}
