@@ -247,6 +247,14 @@ impl GitReader {
             .env("GIT_ASKPASS", "true")
             .env("SSH_ASKPASS", "true")
             .env("GIT_CONFIG_NOSYSTEM", "1")
+            // No automatic gc or maintenance in the cache: a background gc started by one fetch
+            // rewrites the `shallow` file under the next fetch ("shallow file has changed since
+            // we read it"), and many depth-1 fetches of new commits trigger one quickly.
+            .env("GIT_CONFIG_COUNT", "2")
+            .env("GIT_CONFIG_KEY_0", "gc.auto")
+            .env("GIT_CONFIG_VALUE_0", "0")
+            .env("GIT_CONFIG_KEY_1", "maintenance.auto")
+            .env("GIT_CONFIG_VALUE_1", "false")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
