@@ -174,6 +174,9 @@ impl Gantry {
             }
         }
         cmd.arg("serve")
+            // These tests are about the local backend: a kubeconfig in the environment (the
+            // test command runs everything inside a test cluster) must not switch it.
+            .env("GANTRY_BACKEND", "local")
             .env("GANTRY_LISTEN", "127.0.0.1:0")
             .env("GANTRY_DATA_DIR", data_dir)
             .env("GANTRY_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET)
