@@ -521,3 +521,33 @@ async fn sigterm_stops_cleanly_and_the_next_start_finishes_the_story() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_step_logs_are_copied_to_the_log_archive() {
+    let daemon = GitDaemon::start();
+    let (repo, sha) = repo_with(TWO_JOBS);
+    let url = daemon.publish(&repo, "app.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let archive_dir = archive.path().display().to_string();
+    let gantry = Gantry::start(
+        data.path(),
+        &github.url,
+        &[("GANTRY_LOG_ARCHIVE_DIR", archive_dir.as_str())],
+    );
+    send_push(
+        &gantry,
+        "d-archive",
+        &push_payload("app", &url, ZERO, &sha, &[]),
+    )
+    .await;
+    let run_id = runs_of_delivery(&gantry, "d-archive").await.remove(0);
+    assert_eq!(final_run(&gantry, &run_id).await["status"], "success");
+    eventually(Duration::from_secs(30), "the archived logs", || async {
+        let archived = !files_containing(archive.path(), "building-marker").is_empty()
+            && !files_containing(archive.path(), "testing-marker").is_empty();
+        archived.then_some(())
+    })
+    .await;
+}

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Then delete the oldest step logs until all fit in this many bytes.
     #[arg(long, env = "GANTRY_LOG_MAX_BYTES")]
     pub log_max_bytes: Option<u64>,
+    /// Copy every finished step's log to this directory (e.g. a mounted network volume), and
+    /// read from it what retention has deleted locally.
+    #[arg(long, env = "GANTRY_LOG_ARCHIVE_DIR")]
+    pub log_archive_dir: Option<PathBuf>,
     /// Where jobs run: `kubernetes` (a Pod per job), `local` (child processes here, no
     /// isolation), or `auto`: Kubernetes when a kubeconfig or in-cluster configuration is found.
     #[arg(long, env = "GANTRY_BACKEND", value_enum)]
@@ -433,7 +437,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         }
     };
-    let logs = Logs::open(data_dir.join("logs")).context("cannot open the log store")?;
+    let mut logs = Logs::open(data_dir.join("logs")).context("cannot open the log store")?;
+    if let Some(dir) = &args.log_archive_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the log archive {}", dir.display()))?;
+        logs = logs.with_archive(Arc::new(gantry_server::gantry_logs::DirArchive::new(dir)));
+    }
     let mut engine = Engine::new(store, backend, forges, Arc::new(logs.clone()), config)
         .with_observer(Arc::new(metrics.clone()));
     if let Some(kb) = &kube_backend {
