@@ -168,6 +168,54 @@ pub(crate) fn json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T
     Ok(serde_json::from_slice(body)?)
 }
 
+/// What GitHub's and Gitea's pull request payloads tell when one is opened, updated or
+/// reopened, in Gantry's terms.
+pub(crate) struct OpenedPullRequest {
+    pub repo: gantry_core::RepoRef,
+    pub number: u64,
+    pub head_sha: String,
+    pub head_ref: String,
+    pub base_ref: String,
+    /// The full names of the repositories the head and base branches live in; a head without
+    /// one (a deleted fork) counts as a fork.
+    pub head_repo: Option<String>,
+    pub base_repo: String,
+    pub title: Option<String>,
+    pub actor: Option<String>,
+    pub before: Option<String>,
+}
+
+impl OpenedPullRequest {
+    /// A pull request run of the head commit, marked as from a fork unless both branches live
+    /// in the same repository (forks never get secrets).
+    pub fn into_incoming(self) -> Incoming {
+        let from_fork = self
+            .head_repo
+            .as_deref()
+            .is_none_or(|head| !head.eq_ignore_ascii_case(&self.base_repo));
+        let mut trigger = gantry_core::Trigger::new(
+            gantry_core::Event::PullRequest,
+            self.repo,
+            format!("refs/pull/{}/head", self.number),
+            self.head_sha,
+        );
+        trigger.branch = Some(self.head_ref.clone());
+        trigger.before = self.before;
+        trigger.actor = self.actor;
+        trigger.pull_request = Some(gantry_core::PullRequest {
+            number: self.number,
+            head_ref: self.head_ref,
+            base_ref: self.base_ref,
+            from_fork,
+            title: self.title,
+        });
+        Incoming::Trigger {
+            trigger: Box::new(trigger),
+            compare: None,
+        }
+    }
+}
+
 /// What every forge's push payload tells, in Gantry's terms.
 pub(crate) struct Push<'a> {
     pub repo: gantry_core::RepoRef,

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use gantry_core::{Event, ForgeKind, PullRequest, RepoRef, Trigger};
+use gantry_core::{ForgeKind, RepoRef};
 use http::HeaderMap;
 use serde::Deserialize;
 
@@ -250,33 +250,20 @@ fn pull_request(p: PullRequestEvent) -> Result<Parsed, ParseError> {
                 .base
                 .repo
                 .as_ref()
-                .map_or(p.repository.full_name.as_str(), |r| r.full_name.as_str());
-            let from_fork = p
-                .pull_request
-                .head
-                .repo
-                .as_ref()
-                .is_none_or(|head| !head.full_name.eq_ignore_ascii_case(base_repo));
-            let mut trigger = Trigger::new(
-                Event::PullRequest,
-                p.repository.to_ref(),
-                format!("refs/pull/{}/head", p.number),
-                p.pull_request.head.sha,
-            );
-            trigger.branch = Some(p.pull_request.head.git_ref.clone());
-            trigger.before = p.before.as_deref().and_then(crate::webhook::non_zero);
-            trigger.actor = p.sender.map(|s| s.login);
-            trigger.pull_request = Some(PullRequest {
+                .map_or(p.repository.full_name.clone(), |r| r.full_name.clone());
+            crate::webhook::OpenedPullRequest {
+                repo: p.repository.to_ref(),
                 number: p.number,
+                head_sha: p.pull_request.head.sha,
                 head_ref: p.pull_request.head.git_ref,
                 base_ref: p.pull_request.base.git_ref,
-                from_fork,
+                head_repo: p.pull_request.head.repo.map(|r| r.full_name),
+                base_repo,
                 title: p.pull_request.title,
-            });
-            Incoming::Trigger {
-                trigger: Box::new(trigger),
-                compare: None,
+                actor: p.sender.map(|s| s.login),
+                before: p.before.as_deref().and_then(crate::webhook::non_zero),
             }
+            .into_incoming()
         }
         "closed" => Incoming::ignored(format!("pull request #{} was closed", p.number)),
         action => Incoming::ignored(format!("pull request action {action} starts nothing")),
