@@ -74,6 +74,18 @@ pub(crate) fn join<'a>(base: &Url, segments: impl IntoIterator<Item = &'a str>) 
     url
 }
 
+/// An instance URL (`https://gitlab.example.com`) with its API path (`api/v4`) appended,
+/// unless the URL already ends with it.
+pub(crate) fn instance_api_base(instance: &str, api_path: [&str; 2]) -> Result<Url, ConfigError> {
+    let base = parse_base(instance)?;
+    let suffix = format!("/{}", api_path.join("/"));
+    Ok(if base.path().trim_end_matches('/').ends_with(&suffix) {
+        base
+    } else {
+        join(&base, api_path)
+    })
+}
+
 /// The segments of a repository path, without empty ones (`"/a//b/"` → `a`, `b`).
 pub(crate) fn path_segments(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|s| !s.is_empty() && *s != ".")
@@ -240,6 +252,27 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instance_urls_get_their_api_path_once() {
+        let base = |u: &str| instance_api_base(u, ["api", "v4"]).unwrap().to_string();
+        assert_eq!(
+            base("https://gitlab.example.com"),
+            "https://gitlab.example.com/api/v4"
+        );
+        assert_eq!(
+            base("https://gitlab.example.com/"),
+            "https://gitlab.example.com/api/v4"
+        );
+        assert_eq!(
+            base("https://x.example/gitlab/api/v4"),
+            "https://x.example/gitlab/api/v4"
+        );
+        assert_eq!(
+            base("https://x.example/gitlab"),
+            "https://x.example/gitlab/api/v4"
+        );
+    }
+
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

@@ -37,10 +37,7 @@ impl GiteaClient {
     /// `gitea_url` is the instance, e.g. `https://codeberg.org` (`/api/v1` is added unless it
     /// is already there).
     pub fn new(gitea_url: &str, token: Option<Token>) -> Result<Self, ConfigError> {
-        let mut base = api::parse_base(gitea_url)?;
-        if !base.path().trim_end_matches('/').ends_with("/api/v1") {
-            base = api::join(&base, ["api", "v1"]);
-        }
+        let base = api::instance_api_base(gitea_url, ["api", "v1"])?;
         Ok(Self {
             http: api::http_client()?,
             base,

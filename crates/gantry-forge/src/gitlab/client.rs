@@ -43,10 +43,7 @@ impl GitlabClient {
     /// `gitlab_url` is the instance, e.g. `https://gitlab.com` (`/api/v4` is added unless it
     /// is already there). Without a token only public projects can be read.
     pub fn new(gitlab_url: &str, token: Option<Token>) -> Result<Self, ConfigError> {
-        let mut base = api::parse_base(gitlab_url)?;
-        if !base.path().trim_end_matches('/').ends_with("/api/v4") {
-            base = api::join(&base, ["api", "v4"]);
-        }
+        let base = api::instance_api_base(gitlab_url, ["api", "v4"])?;
         Ok(Self {
             http: api::http_client()?,
             base,
