@@ -10,7 +10,7 @@ use gantry_core::{
     Backend, BackendError, Event, EventSender, Forge, ForgeKind, JobEvent, JobId, JobRequest,
     RunId, Trigger,
 };
-use gantry_store::{Page, RunFilter, RunRecord, Store};
+use gantry_store::{EngineAction, Page, RunFilter, RunRecord, Store};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -213,24 +213,40 @@ impl Engine {
 
     /// Cancels a run: queued jobs at once, running ones through the backend. `false` when it
     /// had already finished.
+    ///
+    /// On an engine that is not started (a replica that does not lead), this and the other
+    /// cancels and retries are checked and left in the store for the engine that runs, which
+    /// applies them within one tick ([`EngineConfig::tick`]).
     pub async fn cancel_run(&self, id: RunId) -> Result<bool> {
+        if !self.is_started() {
+            return self.0.request(EngineAction::CancelRun, id.0).await;
+        }
         self.0.cancel_run(id, "cancelled by hand").await
     }
 
     /// Cancels one job's latest attempt; jobs that need it are skipped. `false` when it had
     /// already finished.
     pub async fn cancel_job(&self, id: JobId) -> Result<bool> {
+        if !self.is_started() {
+            return self.0.request(EngineAction::CancelJob, id.0).await;
+        }
         self.0.cancel_job(id).await
     }
 
     /// Runs the failed, errored and cancelled jobs of a finished run again (new attempts), and
     /// the jobs skipped because of them. `false` when nothing failed.
     pub async fn retry_run(&self, id: RunId) -> Result<bool> {
+        if !self.is_started() {
+            return self.0.request(EngineAction::RetryRun, id.0).await;
+        }
         self.0.retry_run(id).await
     }
 
     /// Runs one finished job again (a new attempt), and the jobs skipped because of it.
     pub async fn retry_job(&self, id: JobId) -> Result<()> {
+        if !self.is_started() {
+            return self.0.request(EngineAction::RetryJob, id.0).await.map(drop);
+        }
         self.0.retry_job(id).await
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use gantry_core::{
     Checkout, Job, JobEvent, JobEventKind, JobId, JobRequest, Run, RunId, State, Trigger,
 };
-use gantry_store::{Page, QueueEntry, RunFilter, RunRecord, Tx, repo_key};
+use gantry_store::{EngineAction, Page, QueueEntry, RunFilter, RunRecord, Tx, repo_key};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -843,6 +843,83 @@ impl Inner {
         Ok(true)
     }
 
+    // ---- requests from replicas that do not run the engine ----
+
+    /// On a replica whose engine is not started (a follower under leader election): checks
+    /// the request as the engine would answer it, then leaves it in the store for the engine
+    /// that runs (the leader's applies it at its next tick). The answer is the same as the
+    /// leader's: `Ok(false)` when there is nothing to do, an error for what cannot be done.
+    pub(crate) async fn request(&self, action: EngineAction, target: uuid::Uuid) -> Result<bool> {
+        self.check_open()?;
+        let store = &self.store;
+        let wanted = match action {
+            EngineAction::CancelRun => {
+                let id = RunId(target);
+                let run = store.get_run(id).await?.ok_or(Error::NoSuchRun(id))?;
+                !run.run.state.is_final()
+            }
+            EngineAction::CancelJob => {
+                let id = JobId(target);
+                let job = store.get_job(id, None).await?.ok_or(Error::NoSuchJob(id))?;
+                !job.state.is_final()
+            }
+            EngineAction::RetryRun => {
+                let id = RunId(target);
+                let run = store.get_run(id).await?.ok_or(Error::NoSuchRun(id))?;
+                if !run.run.state.is_final() {
+                    return Err(Error::RunNotFinished(id));
+                }
+                latest_attempts(&run.run).into_iter().any(retryable)
+            }
+            EngineAction::RetryJob => {
+                let id = JobId(target);
+                let job = store.get_job(id, None).await?.ok_or(Error::NoSuchJob(id))?;
+                if !job.state.is_final() {
+                    return Err(Error::JobNotFinished(id));
+                }
+                true
+            }
+        };
+        if wanted {
+            store.request(action, target, gantry_core::now()).await?;
+            tracing::info!(?action, %target, "request left for the engine of the leading replica");
+        }
+        Ok(wanted)
+    }
+
+    /// Applies the requests other replicas left (see [`Inner::request`]), oldest first, and
+    /// deletes each once applied: a crash in between applies it twice, which changes nothing
+    /// (a second cancel finds the run cancelling or over, a second retry finds it running).
+    pub(crate) async fn apply_requests(&self) -> Result<()> {
+        for request in self.store.requests().await? {
+            let target = request.target;
+            let applied = match request.action {
+                EngineAction::CancelRun => self
+                    .cancel_run(RunId(target), "cancelled by hand")
+                    .await
+                    .map(drop),
+                EngineAction::CancelJob => self.cancel_job(JobId(target)).await.map(drop),
+                EngineAction::RetryRun => self.retry_run(RunId(target)).await.map(drop),
+                EngineAction::RetryJob => self.retry_job(JobId(target)).await,
+            };
+            match applied {
+                Ok(()) => {
+                    tracing::info!(action = ?request.action, %target, "applied a request from another replica")
+                }
+                // The store failed: keep the request for the next tick.
+                Err(Error::Store(err)) => return Err(Error::Store(err)),
+                // Nothing left to do (the run ended meanwhile, a retry already ran, …).
+                Err(err) => {
+                    tracing::info!(action = ?request.action, %target, %err, "a request from another replica no longer applies")
+                }
+            }
+            let mut tx = self.store.begin().await?;
+            tx.delete_request(request.seq).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn retry_run(&self, id: RunId) -> Result<bool> {
         self.check_open()?;
         let _active = self.active.lock().await;
@@ -1018,6 +1095,9 @@ pub(crate) async fn run_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<JobEv
             },
             () = inner.wake.notified() => true,
             _ = tick.tick() => {
+                if let Err(err) = inner.apply_requests().await {
+                    tracing::error!(%err, "cannot apply the requests of other replicas");
+                }
                 let mut active = inner.active.lock().await;
                 if let Err(err) = inner.check_deadlines(&mut active).await {
                     tracing::error!(%err, "cannot check deadlines");

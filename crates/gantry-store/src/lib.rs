@@ -14,6 +14,7 @@ mod deliveries;
 mod migrate;
 mod outbox;
 mod queue;
+mod requests;
 mod runs;
 
 use std::borrow::Cow;
@@ -26,6 +27,7 @@ pub use deliveries::{Delivery, DeliveryState, NewDelivery};
 pub use migrate::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxOutcome};
 pub use queue::QueueEntry;
+pub use requests::{EngineAction, EngineRequest};
 pub use runs::{Page, RunFilter, RunRecord, repo_key};
 
 #[derive(Debug, thiserror::Error)]

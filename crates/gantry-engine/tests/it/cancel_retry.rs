@@ -163,3 +163,76 @@ async fn a_backend_that_refuses_a_job_errors_it() {
     assert_eq!(job(&run, "test").state, State::Skipped);
     assert_eq!(run.run.state, State::Error);
 }
+
+/// Two replicas on one database: the leader's engine runs, the follower's is never started
+/// (leader election). Cancels and retries sent to the follower reach the leader's engine
+/// through the store; the follower's backend is never asked to do anything.
+#[tokio::test]
+async fn cancel_and_retry_sent_to_a_replica_that_does_not_lead_reach_the_leader() {
+    let leader = Harness::new().await;
+    let follower = Harness::open(
+        leader.dir.clone(),
+        leader.url.clone(),
+        gantry_core::fake::FakeForge::new(gantry_core::ForgeKind::Github),
+        crate::support::config(),
+        None,
+    )
+    .await;
+    assert!(!follower.engine.is_started());
+    leader.script("build", 0, 0, LONG);
+    let id = leader
+        .submit(&pipeline(&[("build", &[]), ("test", &["build"])]))
+        .await;
+    let run = leader.wait_job_state(id, "build", State::Running).await;
+    let build = job(&run, "build").clone();
+
+    // Answers as the leader would, checked against the store.
+    assert!(matches!(
+        follower.engine.retry_run(id).await,
+        Err(Error::RunNotFinished(_))
+    ));
+    assert!(matches!(
+        follower.engine.cancel_run(gantry_core::RunId::new()).await,
+        Err(Error::NoSuchRun(_))
+    ));
+    assert!(follower.engine.cancel_run(id).await.unwrap());
+    let run = leader.wait_final(id).await;
+    assert_eq!(run.run.state, State::Cancelled, "{run:#?}");
+    assert_eq!(run.reason.as_deref(), Some("cancelled by hand"));
+    assert_eq!(job(&run, "build").state, State::Cancelled);
+    assert_eq!(job(&run, "test").state, State::Cancelled);
+    assert_eq!(leader.backend.cancelled(), [(build.id, 1)]);
+    assert!(follower.backend.cancelled().is_empty());
+    assert!(
+        !follower.engine.cancel_run(id).await.unwrap(),
+        "already finished"
+    );
+    assert!(
+        leader.store().requests().await.unwrap().is_empty(),
+        "applied requests are deleted"
+    );
+
+    // A retry through the follower runs on the leader's backend.
+    leader.script("build", 0, 0, Duration::ZERO);
+    assert!(follower.engine.retry_run(id).await.unwrap());
+    leader
+        .wait_run(id, "the retry to succeed on the leader", |r| {
+            r.run.state == State::Success && attempts(r, "build").len() == 2
+        })
+        .await;
+    assert!(follower.backend.started().is_empty());
+
+    // One job: cancel the running attempt through the follower.
+    leader.script("build", 0, 0, LONG);
+    let id = leader.submit(&pipeline(&[("build", &[])])).await;
+    let run = leader.wait_job_state(id, "build", State::Running).await;
+    assert!(
+        follower
+            .engine
+            .cancel_job(job(&run, "build").id)
+            .await
+            .unwrap()
+    );
+    let run = leader.wait_final(id).await;
+    assert_eq!(job(&run, "build").state, State::Cancelled, "{run:#?}");
+}
