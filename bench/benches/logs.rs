@@ -66,11 +66,20 @@ fn reference(lines: usize) -> f64 {
 
 struct Viewer {
     received: u64,
+    events: u64,
     in_order: bool,
     latencies_us: Vec<u64>,
 }
 
-/// Follows the step over SSE; samples the latency of every 16th line.
+/// What a viewer reads of a line: its number and when it was stored (the text is skipped).
+#[derive(serde::Deserialize)]
+struct LineRef<'a> {
+    number: u64,
+    at: &'a str,
+}
+
+/// Follows the step over SSE (`event: lines`, a JSON array per event); checks every line's
+/// number and samples the latency of every 16th line.
 async fn view(addr: SocketAddr, path: String) -> Viewer {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
@@ -86,6 +95,7 @@ async fn view(addr: SocketAddr, path: String) -> Viewer {
     }
     let mut v = Viewer {
         received: 0,
+        events: 0,
         in_order: true,
         latencies_us: Vec::new(),
     };
@@ -103,33 +113,38 @@ async fn view(addr: SocketAddr, path: String) -> Viewer {
         chunk.resize(n + 2, 0);
         reader.read_exact(&mut chunk).await.unwrap();
         pending.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
-        while let Some(end) = pending.find("\n\n") {
-            let block: String = pending.drain(..end + 2).collect();
+        let mut used = 0;
+        while let Some(end) = pending[used..].find("\n\n") {
+            let block = &pending[used..used + end + 2];
+            used += end + 2;
             if block.contains("event: end") {
                 return v;
             }
-            let Some(id) = block
-                .lines()
-                .find_map(|l| l.strip_prefix("id: "))
-                .and_then(|id| id.parse::<u64>().ok())
-            else {
+            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
                 continue;
             };
-            v.received += 1;
-            v.in_order &= id == v.received;
-            if id % 16 == 0
-                && let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: "))
-            {
-                let value: serde_json::Value = serde_json::from_str(data).unwrap();
-                let at =
-                    chrono::DateTime::parse_from_rfc3339(value["at"].as_str().unwrap()).unwrap();
-                let us = (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
-                    .num_microseconds()
-                    .unwrap_or(0)
-                    .max(0);
-                v.latencies_us.push(us as u64);
+            let id = block
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .and_then(|id| id.parse::<u64>().ok());
+            let lines: Vec<LineRef<'_>> = serde_json::from_str(data).unwrap();
+            v.events += 1;
+            v.in_order &= id == lines.last().map(|l| l.number);
+            let now = chrono::Utc::now();
+            for l in lines {
+                v.received += 1;
+                v.in_order &= l.number == v.received;
+                if l.number % 16 == 0 {
+                    let at = chrono::DateTime::parse_from_rfc3339(l.at).unwrap();
+                    let us = (now - at.with_timezone(&chrono::Utc))
+                        .num_microseconds()
+                        .unwrap_or(0)
+                        .max(0);
+                    v.latencies_us.push(us as u64);
+                }
             }
         }
+        pending.drain(..used);
     }
 }
 
@@ -150,7 +165,7 @@ async fn gantry(
     attempt: u32,
     lines: usize,
     viewers: usize,
-) -> (f64, u64, u64, bool) {
+) -> (f64, u64, u64, bool, f64) {
     let key = StepKey::new(job, attempt, 0);
     logs.set_secrets(job, attempt, &[Secret::new(SECRET)]);
     let path = format!("/api/v1/jobs/{job}/attempts/{attempt}/steps/0/log/follow");
@@ -185,12 +200,15 @@ async fn gantry(
     let mut lost = 0;
     let mut in_order = true;
     let mut latencies = Vec::new();
+    let mut events = 0;
     for t in tasks {
         let v = t.await.unwrap();
         lost += lines as u64 - v.received.min(lines as u64);
         in_order &= v.in_order;
+        events += v.events;
         latencies.extend(v.latencies_us);
     }
+    let lines_per_event = (lines * viewers) as f64 / events.max(1) as f64;
     let rate = lines as f64 / start.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let p99 = latencies
@@ -198,7 +216,7 @@ async fn gantry(
         .copied()
         .unwrap_or(0);
     let _ = state;
-    (rate, p99, lost, in_order)
+    (rate, p99, lost, in_order, lines_per_event)
 }
 
 #[tokio::main]
@@ -262,9 +280,10 @@ async fn main() {
             .unwrap()[0];
         let job = engine.get_run(run).await.unwrap().unwrap().run.jobs[0].id;
         let reference_rate = reference(lines);
-        let (rate, p99, lost, in_order) = gantry(&state, &logs, addr, job, 1, lines, viewers).await;
+        let (rate, p99, lost, in_order, per_event) =
+            gantry(&state, &logs, addr, job, 1, lines, viewers).await;
         println!(
-            "logs/{viewers} viewers: {rate:.0} lines/s vs BufReader::lines {reference_rate:.0} lines/s ({:.3}×), p99 {:.1} ms, lost {lost}, in order {in_order}",
+            "logs/{viewers} viewers: {rate:.0} lines/s vs BufReader::lines {reference_rate:.0} lines/s ({:.3}×), p99 {:.1} ms, lost {lost}, in order {in_order}, {per_event:.1} lines an SSE event",
             rate / reference_rate,
             p99 as f64 / 1000.0
         );
@@ -277,6 +296,7 @@ async fn main() {
             "reference_lines_per_s": reference_rate,
             "p99_latency_ms": p99 as f64 / 1000.0,
             "lines_lost": lost,
+            "lines_per_event": per_event,
         }));
     }
     let rss_peak = peak_rss_kib();

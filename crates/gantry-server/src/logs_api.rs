@@ -2,10 +2,14 @@
 //! Server-Sent Events that resume with `Last-Event-ID`.
 //!
 //! `/api/v1/jobs/{job}/attempts/{attempt}/steps/{step}/log…`. Every line a client sees was
-//! masked and stored before it was sent; SSE event ids are line numbers, so a client that
-//! reconnects with the last id it saw gets exactly the lines after it.
+//! masked and stored before it was sent; an SSE event carries a run of lines and its id is the
+//! number of the last one, so a client that reconnects with the last id it saw gets exactly
+//! the lines after it.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -15,7 +19,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use gantry_core::{Job, JobId, State as RunState};
-use gantry_logs::StepKey;
+use gantry_logs::{SharedLine, StepKey};
 use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -165,8 +169,55 @@ pub struct FollowQuery {
     pub from: Option<u64>,
 }
 
-/// `GET …/log/follow`: every line from `from` (or after `Last-Event-ID`) as it is stored,
-/// as `event: line` with `id: <number>`; `event: end` once the step has ended.
+/// Lines in one `lines` event, at most.
+pub const EVENT_LINES: usize = 1000;
+/// JSON bytes in one `lines` event, at most (past its first line).
+pub const EVENT_BYTES: usize = 256 * 1024;
+
+/// Splits a batch into the runs of lines that each make one event: at most [`EVENT_LINES`]
+/// lines and, past the first, [`EVENT_BYTES`] of JSON.
+fn event_runs(lines: &[Arc<SharedLine>]) -> impl Iterator<Item = &[Arc<SharedLine>]> {
+    let mut rest = lines;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        for l in rest.iter().take(EVENT_LINES) {
+            bytes += l.json().len() + 1;
+            if n > 0 && bytes > EVENT_BYTES {
+                break;
+            }
+            n += 1;
+        }
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        Some(run)
+    })
+}
+
+/// `event: lines`, `id: <number of the last line>`, data the lines as a JSON array. Each line's
+/// JSON is made once for every viewer ([`SharedLine::json`]); this only copies it.
+fn lines_event(run: &[Arc<SharedLine>]) -> Event {
+    let last = run.last().map_or(0, |l| l.line.number);
+    let mut data = Event::default()
+        .event("lines")
+        .id(last.to_string())
+        .into_data_writer();
+    let mut sep = '[';
+    for l in run {
+        let _ = data.write_char(sep);
+        let _ = data.write_str(l.json());
+        sep = ',';
+    }
+    let _ = data.write_char(']');
+    data.into_event()
+}
+
+/// `GET …/log/follow`: every line from `from` (or after `Last-Event-ID`) as it is stored, in
+/// `event: lines` events of one or more lines with `id: <number of the last one>`;
+/// `event: end` once the step has ended.
 pub async fn follow(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -194,22 +245,18 @@ pub async fn follow(
     let until_idle = step_over(&job);
     let lines = state.logs.follow(key, from, until_idle);
     let stop = state.engine.shutdown_token();
-    let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(from - 1));
+    let total = Arc::new(AtomicU64::new(from - 1));
     let seen = total.clone();
     let events = lines
         .take_until(stop.cancelled_owned())
         .flat_map(move |batch| {
             let events: Vec<Result<Event, Infallible>> = match batch {
-                Ok(lines) => lines
-                    .iter()
-                    .map(|l| {
-                        seen.store(l.line.number, std::sync::atomic::Ordering::Relaxed);
-                        Ok(Event::default()
-                            .id(l.line.number.to_string())
-                            .event("line")
-                            .data(l.json()))
-                    })
-                    .collect(),
+                Ok(lines) => {
+                    if let Some(last) = lines.last() {
+                        seen.store(last.line.number, Ordering::Relaxed);
+                    }
+                    event_runs(&lines).map(|run| Ok(lines_event(run))).collect()
+                }
                 Err(err) => {
                     tracing::error!(%err, "cannot read a step log for a viewer");
                     vec![Ok(Event::default()
@@ -220,7 +267,7 @@ pub async fn follow(
             futures::stream::iter(events)
         });
     let end = futures::stream::once(async move {
-        let n = total.load(std::sync::atomic::Ordering::Relaxed);
+        let n = total.load(Ordering::Relaxed);
         Ok(Event::default()
             .event("end")
             .data(json!({ "last": n }).to_string()))
@@ -258,4 +305,69 @@ pub async fn get_job(
     let mut value = serde_json::to_value(&view).map_err(ApiError::internal)?;
     value["run_id"] = json!(job.run_id);
     Ok(Json(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use gantry_core::Stream;
+    use gantry_logs::StoredLine;
+
+    use super::*;
+
+    fn lines(texts: impl IntoIterator<Item = String>) -> Vec<Arc<SharedLine>> {
+        texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| {
+                SharedLine::new(StoredLine {
+                    number: i as u64 + 1,
+                    at: gantry_core::now(),
+                    stream: Stream::Stdout,
+                    text,
+                })
+            })
+            .collect()
+    }
+
+    fn sizes(batch: &[Arc<SharedLine>]) -> Vec<usize> {
+        event_runs(batch).map(<[_]>::len).collect()
+    }
+
+    #[test]
+    fn a_batch_becomes_events_of_at_most_event_lines_lines() {
+        let batch = lines((1..=2500).map(|i| format!("line {i}")));
+        assert_eq!(sizes(&batch), [1000, 1000, 500]);
+        assert_eq!(sizes(&batch[..1]), [1]);
+        assert!(sizes(&[]).is_empty());
+    }
+
+    #[test]
+    fn an_event_holds_at_most_event_bytes_of_json_but_always_one_line() {
+        // 60 KiB lines: four fit in 256 KiB; a line longer than the cap still goes alone.
+        let batch = lines((0..10).map(|_| "x".repeat(60 * 1024)));
+        assert_eq!(sizes(&batch), [4, 4, 2]);
+        let huge = lines([
+            "y".repeat(EVENT_BYTES + 1),
+            "z".into(),
+            "w".repeat(EVENT_BYTES),
+        ]);
+        assert_eq!(sizes(&huge), [1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_lines_event_is_a_json_array_of_the_lines_with_the_last_number_as_id() {
+        let batch = lines(["a".into(), "b\nc".into()]);
+        let events = futures::stream::iter([Ok::<_, Infallible>(lines_event(&batch))]);
+        let body = Sse::new(events).into_response().into_body();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.contains("event: lines\n"), "{text}");
+        assert!(text.contains("id: 2\n"), "{text}");
+        let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let value: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(value[0]["text"], "a");
+        assert_eq!(value[1]["number"], 2);
+        assert_eq!(value[1]["text"], "b\nc");
+        assert_eq!(text.lines().filter(|l| l.starts_with("data:")).count(), 1);
+    }
 }

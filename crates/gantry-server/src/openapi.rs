@@ -262,11 +262,11 @@ pub fn document() -> Value {
             "/api/v1/jobs/{job}/attempts/{attempt}/steps/{step}/log/follow": {
                 "get": {
                     "summary": "Follow a step's log live (Server-Sent Events).",
-                    "description": "Sends every line from `from` as `event: line` with `id: <line number>` and the line as JSON data, as soon as it is stored; then `event: end` once the step has ended. A client that reconnects with `Last-Event-ID: <n>` gets exactly the lines after `n`: no gap, no duplicate.",
+                    "description": "Sends every line from `from`, as soon as it is stored, in `event: lines` events: the data is a JSON array of one or more consecutive lines (`{number, at, stream, text}`, at most 1000 lines or 256 KiB an event) and the `id` is the number of the last line in it. Then `event: end` with data `{\"last\": <n>}` once the step has ended; `event: error` if the log cannot be read. A client that reconnects with `Last-Event-ID: <n>` gets exactly the lines after `n`: no gap, no duplicate.",
                     "security": read_security,
                     "parameters": step_params().into_iter().chain([
                         query_param("from", "First line (default 1); `Last-Event-ID` overrides it.", json!({ "type": "integer", "minimum": 1 })),
-                        json!({ "name": "Last-Event-ID", "in": "header", "required": false, "description": "The last line number received.", "schema": { "type": "integer" } })
+                        json!({ "name": "Last-Event-ID", "in": "header", "required": false, "description": "The number of the last line received (the `id` of the last event).", "schema": { "type": "integer" } })
                     ]).collect::<Vec<_>>(),
                     "responses": {
                         "200": { "description": "An event stream.", "content": { "text/event-stream": { "schema": { "type": "string" } } } },

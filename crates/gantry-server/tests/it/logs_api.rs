@@ -3,7 +3,39 @@ use base64::engine::general_purpose::STANDARD;
 use gantry_core::State;
 use serde_json::Value;
 
-use crate::support::{Harness, MULTI_SECRET, SECRET, SseClient};
+use crate::support::{Harness, MULTI_SECRET, SECRET, SseClient, SseEvent};
+
+/// The lines of a `lines` event, checking that its id is the number of its last line.
+fn lines_of(ev: &SseEvent) -> Vec<Value> {
+    assert_eq!(ev.event, "lines", "{ev:?}");
+    let lines: Vec<Value> = serde_json::from_str(&ev.data).unwrap();
+    assert!(!lines.is_empty(), "an empty event: {ev:?}");
+    let last = lines.last().unwrap()["number"].to_string();
+    assert_eq!(ev.id.as_deref(), Some(last.as_str()), "{ev:?}");
+    lines
+}
+
+fn numbers(lines: &[Value]) -> Vec<u64> {
+    lines
+        .iter()
+        .map(|l| l["number"].as_u64().unwrap())
+        .collect()
+}
+
+/// Reads events until `n` lines have come; returns the lines and how many events held them.
+async fn take_lines(sse: &mut SseClient, n: usize) -> (Vec<Value>, usize) {
+    let mut lines = Vec::new();
+    let mut events = 0;
+    while lines.len() < n {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(20), sse.next())
+            .await
+            .expect("lines arrive in time")
+            .expect("the stream is open");
+        lines.extend(lines_of(&ev));
+        events += 1;
+    }
+    (lines, events)
+}
 
 fn assert_no_secret(what: &str, text: &str) {
     assert!(!text.contains(SECRET), "{what} shows the secret: {text}");
@@ -81,30 +113,21 @@ async fn sse_follows_live_and_resumes_after_last_event_id_without_gap_or_duplica
 
     let mut first = SseClient::connect(addr, &path, None).await;
     assert_eq!(first.status, 200);
-    let mut seen = Vec::new();
-    while seen.len() < 10 {
-        let ev = first.next().await.unwrap();
-        assert_eq!(ev.event, "line");
-        let line: Value = serde_json::from_str(&ev.data).unwrap();
-        assert_eq!(ev.id.as_deref(), Some(line["number"].to_string().as_str()));
-        seen.push(line["number"].as_u64().unwrap());
-    }
+    let (lines, _) = take_lines(&mut first, 10).await;
+    let mut seen = numbers(&lines);
     // Live: a line stored now arrives on the open stream.
     a.line(0, "live 11").await;
-    let ev = first.next().await.unwrap();
-    assert!(ev.data.contains("live 11"));
-    seen.push(11);
+    let (lines, _) = take_lines(&mut first, 1).await;
+    assert_eq!(lines[0]["text"], "live 11");
+    seen.extend(numbers(&lines));
     // The connection drops; lines keep coming; the client resumes with Last-Event-ID.
     drop(first);
     for i in 12..=40 {
         a.line(0, &format!("while away {i}")).await;
     }
     let mut second = SseClient::connect(addr, &format!("{path}?from=1"), Some(11)).await;
-    for _ in 12..=40 {
-        let ev = second.next().await.unwrap();
-        let line: Value = serde_json::from_str(&ev.data).unwrap();
-        seen.push(line["number"].as_u64().unwrap());
-    }
+    let (lines, _) = take_lines(&mut second, 29).await;
+    seen.extend(numbers(&lines));
     a.step_finished(0, State::Success).await;
     let end = second.next().await.unwrap();
     assert_eq!(end.event, "end");
@@ -138,15 +161,87 @@ async fn following_a_finished_step_sends_what_is_left_then_ends() {
         .await
         .unwrap()
     {
-        events.push((ev.event, ev.id));
+        events.push(ev);
     }
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(numbers(&lines_of(&events[0])), [4, 5]);
+    assert_eq!(events[1].event, "end");
+    assert_eq!(events[1].id, None);
+    assert_eq!(events[1].data, r#"{"last":5}"#);
+}
+
+/// Issue 7: one event per line made 100 viewers crawl. A viewer behind by thousands of lines
+/// gets them in a few events, each line once and in order.
+#[tokio::test]
+async fn a_viewer_behind_by_thousands_of_lines_gets_them_in_few_events() {
+    let h = Harness::new(false).await;
+    h.push("main", "long").await;
+    let a = h.attempt("build").await;
+    a.started().await;
+    a.step_started(0).await;
+    for i in 1..=5000 {
+        a.line(0, &format!("line {i}")).await;
+    }
+    h.wait_lines(a.job, 1, 0, 5000).await;
+    let addr = h.serve().await;
+    let path = format!("/api/v1/jobs/{}/attempts/1/steps/0/log/follow", a.job);
+    let mut sse = SseClient::connect(addr, &path, None).await;
+    let (lines, events) = take_lines(&mut sse, 5000).await;
+    assert_eq!(numbers(&lines), (1..=5000).collect::<Vec<_>>());
+    assert_eq!(lines[4999]["text"], "line 5000");
+    assert!(events <= 50, "5000 lines came in {events} events");
+    // Then live, and the end says where the log stopped.
+    a.line(0, "line 5001").await;
+    let (lines, _) = take_lines(&mut sse, 1).await;
+    assert_eq!(numbers(&lines), [5001]);
+    a.step_finished(0, State::Success).await;
+    let end = sse.next().await.unwrap();
     assert_eq!(
-        events,
-        vec![
-            ("line".into(), Some("4".into())),
-            ("line".into(), Some("5".into())),
-            ("end".into(), None)
-        ]
+        (end.event.as_str(), end.data.as_str()),
+        ("end", r#"{"last":5001}"#)
+    );
+    assert!(sse.next().await.is_none());
+}
+
+/// The id of a `lines` event is its last line: resuming after it starts at the next line, and
+/// resuming from a line inside an event (a client that kept only part of it) starts right after
+/// that line.
+#[tokio::test]
+async fn resuming_after_a_multi_line_event_gets_the_next_line_exactly() {
+    let h = Harness::new(false).await;
+    h.push("main", "resume").await;
+    let a = h.attempt("build").await;
+    a.started().await;
+    a.step_started(0).await;
+    for i in 1..=3000 {
+        a.line(0, &format!("line {i}")).await;
+    }
+    h.wait_lines(a.job, 1, 0, 3000).await;
+    let addr = h.serve().await;
+    let path = format!("/api/v1/jobs/{}/attempts/1/steps/0/log/follow", a.job);
+
+    let mut first = SseClient::connect(addr, &path, None).await;
+    let ev = first.next().await.unwrap();
+    let got = numbers(&lines_of(&ev));
+    assert!(got.len() > 1, "a single-line first event: {got:?}");
+    let last: u64 = ev.id.as_deref().unwrap().parse().unwrap();
+    drop(first);
+
+    let mut after = SseClient::connect(addr, &path, Some(last)).await;
+    let (lines, _) = take_lines(&mut after, 3000 - last as usize).await;
+    assert_eq!(numbers(&lines), (last + 1..=3000).collect::<Vec<_>>());
+    drop(after);
+
+    let middle = got[got.len() / 2];
+    let mut inside = SseClient::connect(addr, &path, Some(middle)).await;
+    let (lines, _) = take_lines(&mut inside, 3000 - middle as usize).await;
+    assert_eq!(numbers(&lines), (middle + 1..=3000).collect::<Vec<_>>());
+
+    a.step_finished(0, State::Success).await;
+    let end = inside.next().await.unwrap();
+    assert_eq!(
+        (end.event.as_str(), end.data.as_str()),
+        ("end", r#"{"last":3000}"#)
     );
 }
 
@@ -177,8 +272,8 @@ async fn a_secret_never_appears_in_the_api_the_stream_the_pages_or_the_store() {
     h.wait_lines(a.job, 1, 0, n).await;
 
     let mut streamed = String::new();
-    for _ in 0..n {
-        streamed.push_str(&sse.next().await.unwrap().data);
+    for line in take_lines(&mut sse, n as usize).await.0 {
+        streamed.push_str(&line.to_string());
         streamed.push('\n');
     }
     assert_no_secret("the SSE stream", &streamed);

@@ -266,7 +266,8 @@
       // EventSource reconnects by itself and sends Last-Event-ID: the server resumes after it.
       const es = new EventSource(this.url + "/follow?from=" + this.next);
       this.es = es;
-      es.addEventListener("line", (e) => this.append([JSON.parse(e.data)]));
+      // One event carries a run of lines (a JSON array); its id is the last line's number.
+      es.addEventListener("lines", (e) => this.append(JSON.parse(e.data)));
       es.addEventListener("end", () => {
         es.close();
         if (this.es === es) this.es = null;
