@@ -50,6 +50,16 @@ pub(crate) struct Inner {
     pub dropped_statuses: AtomicU64,
 }
 
+impl Inner {
+    /// Whether the scheduler runs in this process (its event receiver was taken by `start`).
+    pub(crate) fn is_started(&self) -> bool {
+        self.events_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+}
+
 /// The scheduler. Cheap to clone: clones share one engine.
 #[derive(Clone)]
 pub struct Engine(pub(crate) Arc<Inner>);
@@ -116,11 +126,7 @@ impl Engine {
     /// Whether [`Engine::start`] has run: only a started engine schedules jobs (with leader
     /// election, only the leader's).
     pub fn is_started(&self) -> bool {
-        self.0
-            .events_rx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
+        self.0.is_started()
     }
 
     /// Recovers what the last process left (attempts that were running end as `error` unless
@@ -221,7 +227,7 @@ impl Engine {
         if !self.is_started() {
             return self.0.request(EngineAction::CancelRun, id.0).await;
         }
-        self.0.cancel_run(id, "cancelled by hand").await
+        self.0.cancel_run(id, crate::machine::BY_HAND).await
     }
 
     /// Cancels one job's latest attempt; jobs that need it are skipped. `false` when it had

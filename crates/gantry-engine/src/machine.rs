@@ -16,6 +16,9 @@ use crate::engine::Inner;
 use crate::status;
 use crate::{Error, Result};
 
+/// The reason of a cancel asked for through the API or the viewer.
+pub(crate) const BY_HAND: &str = "cancelled by hand";
+
 /// Why a job did not run: a job it needs failed (this passes the failure on).
 pub const SKIP_UPSTREAM_FAILED: &str = "a job it needs failed";
 /// Why a `when: { status: failure }` job did not run.
@@ -323,7 +326,15 @@ impl Inner {
         let older = self.store.list_runs(&filter, page).await?;
         for run in older {
             let reason = format!("superseded by run {new_run}");
-            self.cancel_run_locked(active, run.run.id, &reason).await?;
+            if self.is_started() {
+                self.cancel_run_locked(active, run.run.id, &reason).await?;
+            } else {
+                // A replica that does not lead: the leader's engine cancels it.
+                let at = gantry_core::now();
+                self.store
+                    .request(EngineAction::CancelRun, run.run.id.0, Some(&reason), at)
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -818,7 +829,7 @@ impl Inner {
         if job.state.is_final() {
             return Ok(false);
         }
-        let reason = "cancelled by hand";
+        let reason = BY_HAND;
         if job.state == State::Queued {
             let run = tx
                 .get_run(job.run_id)
@@ -881,7 +892,11 @@ impl Inner {
             }
         };
         if wanted {
-            store.request(action, target, gantry_core::now()).await?;
+            let reason = matches!(action, EngineAction::CancelRun | EngineAction::CancelJob)
+                .then_some(BY_HAND);
+            store
+                .request(action, target, reason, gantry_core::now())
+                .await?;
             tracing::info!(?action, %target, "request left for the engine of the leading replica");
         }
         Ok(wanted)
@@ -895,7 +910,7 @@ impl Inner {
             let target = request.target;
             let applied = match request.action {
                 EngineAction::CancelRun => self
-                    .cancel_run(RunId(target), "cancelled by hand")
+                    .cancel_run(RunId(target), request.reason.as_deref().unwrap_or(BY_HAND))
                     .await
                     .map(drop),
                 EngineAction::CancelJob => self.cancel_job(JobId(target)).await.map(drop),

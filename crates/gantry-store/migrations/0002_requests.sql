@@ -7,5 +7,7 @@ CREATE TABLE engine_requests (
     action       TEXT NOT NULL,
     -- the run's or the job's id
     target       TEXT NOT NULL,
+    -- why, for a cancel ("cancelled by hand", "superseded by run …")
+    reason       TEXT,
     requested_at TEXT NOT NULL
 );

@@ -45,6 +45,8 @@ pub struct EngineRequest {
     pub action: EngineAction,
     /// The run's or the job's id (by `action`).
     pub target: uuid::Uuid,
+    /// Why, for a cancel.
+    pub reason: Option<String>,
     pub requested_at: Timestamp,
 }
 
@@ -54,13 +56,16 @@ impl Store {
         &self,
         action: EngineAction,
         target: uuid::Uuid,
+        reason: Option<&str>,
         at: Timestamp,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO engine_requests (action, target, requested_at) VALUES ($1, $2, $3)",
+            "INSERT INTO engine_requests (action, target, reason, requested_at) \
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(action.as_str())
         .bind(target.to_string())
+        .bind(reason)
         .bind(ts(at))
         .execute(&mut *self.conn().await?)
         .await?;
@@ -70,7 +75,7 @@ impl Store {
     /// The requests waiting, oldest first.
     pub async fn requests(&self) -> Result<Vec<EngineRequest>> {
         let rows = sqlx::query(
-            "SELECT seq, action, target, requested_at FROM engine_requests ORDER BY seq",
+            "SELECT seq, action, target, reason, requested_at FROM engine_requests ORDER BY seq",
         )
         .fetch_all(&mut *self.conn().await?)
         .await?;
@@ -81,6 +86,7 @@ impl Store {
                     seq: c.i64("seq")?,
                     action: EngineAction::parse(&c.str("action")?)?,
                     target: c.uuid("target")?,
+                    reason: c.opt_str("reason")?,
                     requested_at: c.ts("requested_at")?,
                 })
             })

@@ -5,7 +5,7 @@ use std::time::Duration;
 use gantry_core::State;
 use gantry_engine::{Error, SKIP_UPSTREAM_FAILED};
 
-use crate::support::{Harness, LONG, attempts, job, pipeline};
+use crate::support::{Harness, LONG, attempts, job, pipeline, push, sha};
 
 #[tokio::test]
 async fn cancelling_a_run_stops_running_jobs_and_starts_nothing_more() {
@@ -235,4 +235,31 @@ async fn cancel_and_retry_sent_to_a_replica_that_does_not_lead_reach_the_leader(
     );
     let run = leader.wait_final(id).await;
     assert_eq!(job(&run, "build").state, State::Cancelled, "{run:#?}");
+
+    // A webhook taken by the follower supersedes the branch's older run on the leader.
+    let older = leader
+        .submit_for(
+            push("acme/app", "feature", &sha()),
+            &pipeline(&[("build", &[])]),
+        )
+        .await;
+    let run = leader.wait_job_state(older, "build", State::Running).await;
+    let newer = follower
+        .submit_for(
+            push("acme/app", "feature", &sha()),
+            &pipeline(&[("build", &[])]),
+        )
+        .await;
+    let old = leader.wait_final(older).await;
+    assert_eq!(old.run.state, State::Cancelled, "{old:#?}");
+    assert_eq!(old.reason, Some(format!("superseded by run {newer}")));
+    assert!(
+        leader
+            .backend
+            .cancelled()
+            .contains(&(job(&run, "build").id, 1))
+    );
+    assert!(follower.backend.cancelled().is_empty());
+    assert!(follower.backend.started().is_empty());
+    leader.engine.cancel_run(newer).await.unwrap();
 }
