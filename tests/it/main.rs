@@ -3,6 +3,7 @@
 mod cli_lint;
 mod cli_run;
 mod examples;
+mod replicas;
 mod serve;
 mod server;
 mod support;

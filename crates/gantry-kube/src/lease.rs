@@ -56,6 +56,17 @@ impl LeaseConfig {
             retry_period: Duration::from_secs(2),
         }
     }
+
+    /// The same proportions as client-go's defaults for another lease duration: renew within
+    /// two thirds of it, try every 2/15 of it. A follower takes over at most about `lease`
+    /// after the leader stopped renewing. Whole seconds (the Lease stores seconds), at least 2.
+    pub fn with_duration(mut self, lease: Duration) -> Self {
+        let lease = Duration::from_secs(lease.as_secs().max(2));
+        self.lease_duration = lease;
+        self.renew_deadline = lease * 2 / 3;
+        self.retry_period = lease * 2 / 15;
+        self
+    }
 }
 
 /// What this replica last saw of the Lease, and when it saw it change.
@@ -514,5 +525,25 @@ mod tests {
         );
         a.stop().await;
         b.stop().await;
+    }
+
+    #[test]
+    fn a_shorter_lease_keeps_client_gos_proportions() {
+        let c = LeaseConfig::new("l", "ns", "me").with_duration(Duration::from_secs(6));
+        assert_eq!(c.lease_duration, Duration::from_secs(6));
+        assert_eq!(c.renew_deadline, Duration::from_secs(4));
+        assert_eq!(c.retry_period, Duration::from_millis(800));
+        let tiny = LeaseConfig::new("l", "ns", "me").with_duration(Duration::from_millis(300));
+        assert_eq!(
+            tiny.lease_duration,
+            Duration::from_secs(2),
+            "whole seconds, at least 2"
+        );
+        let default = LeaseConfig::new("l", "ns", "me");
+        let same = LeaseConfig::new("l", "ns", "me").with_duration(Duration::from_secs(15));
+        assert_eq!(
+            (default.renew_deadline, default.retry_period),
+            (same.renew_deadline, same.retry_period)
+        );
     }
 }

@@ -89,6 +89,15 @@ pub struct ElectionArgs {
     /// This replica's name in the Lease. Default: the host name (in a pod, the pod's name).
     #[arg(long, env = "GANTRY_LEADER_ELECTION_IDENTITY")]
     pub leader_election_identity: Option<String>,
+    /// Seconds a Lease holds without renewal: after the leader stops renewing, another replica
+    /// takes over within about this long (renewal and retries scale with it, as in client-go).
+    #[arg(
+        long,
+        env = "GANTRY_LEADER_ELECTION_LEASE_SECONDS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(2..=3600)
+    )]
+    pub leader_election_lease_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -403,7 +412,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.election.leader_election_lease.clone(),
             namespace,
             identity,
-        );
+        )
+        .with_duration(std::time::Duration::from_secs(
+            args.election.leader_election_lease_seconds,
+        ));
         Some(gantry_kube::LeaderElector::new(client, lease))
     } else {
         None
