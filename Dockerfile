@@ -22,6 +22,9 @@ RUN cargo build --release --locked --package gantry \
     && install -m 0755 target/release/gantry /usr/local/bin/gantry
 
 FROM debian:trixie-slim
+# Unpinned on purpose: trixie-slim pins the release, whose packages only get security fixes;
+# a pinned version disappears from the archive when it is fixed.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates git \
     && rm -rf /var/lib/apt/lists/* \
