@@ -1,6 +1,8 @@
 //! `gantry serve` end to end: a real git server on loopback, signed GitHub webhooks, the local
 //! backend, the store, and commit statuses arriving at a (fake) GitHub API.
 
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -9,7 +11,12 @@ use crate::server::{
     FakeGithub, Gantry, GitDaemon, client, eventually, files_containing, get_json, push_payload,
     send_push,
 };
-use crate::support::Repo;
+use crate::support::{Repo, gantry};
+
+// moto's S3-compatible server, the same helper as gantry-logs' own archive tests.
+#[path = "../../crates/gantry-logs/tests/it/moto.rs"]
+mod moto;
+use moto::MotoServer;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
@@ -522,20 +529,20 @@ async fn sigterm_stops_cleanly_and_the_next_start_finishes_the_story() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finished_step_logs_are_copied_to_the_log_archive() {
+/// A pipeline's step logs go to the archive that `archive_env` configures (`archived` says
+/// when both are there); after a restart whose retention deletes every local log, the API still
+/// serves them, from the archive.
+async fn step_logs_survive_retention_through_the_archive(
+    archive_env: &[(&str, &str)],
+    archived: impl Fn() -> bool,
+) {
     let daemon = GitDaemon::start();
     let (repo, sha) = repo_with(TWO_JOBS);
     let url = daemon.publish(&repo, "app.git");
     let github = FakeGithub::start().await;
     let data = tempfile::tempdir().unwrap();
-    let archive = tempfile::tempdir().unwrap();
-    let archive_dir = archive.path().display().to_string();
-    let gantry = Gantry::start(
-        data.path(),
-        &github.url,
-        &[("GANTRY_LOG_ARCHIVE_DIR", archive_dir.as_str())],
-    );
+    let local_logs = data.path().join("logs");
+    let gantry = Gantry::start(data.path(), &github.url, archive_env);
     send_push(
         &gantry,
         "d-archive",
@@ -543,11 +550,201 @@ async fn finished_step_logs_are_copied_to_the_log_archive() {
     )
     .await;
     let run_id = runs_of_delivery(&gantry, "d-archive").await.remove(0);
-    assert_eq!(final_run(&gantry, &run_id).await["status"], "success");
+    let run = final_run(&gantry, &run_id).await;
+    assert_eq!(run["status"], "success", "{run:#}");
     eventually(Duration::from_secs(30), "the archived logs", || async {
-        let archived = !files_containing(archive.path(), "building-marker").is_empty()
-            && !files_containing(archive.path(), "testing-marker").is_empty();
-        archived.then_some(())
+        archived().then_some(())
     })
     .await;
+    assert!(!files_containing(&local_logs, "building-marker").is_empty());
+    assert_eq!(gantry.terminate(Duration::from_secs(20)), Some(0));
+
+    // Retention sweeps at start: with a budget of 0 bytes no log stays local.
+    let mut env = archive_env.to_vec();
+    env.push(("GANTRY_LOG_MAX_BYTES", "0"));
+    let gantry = Gantry::start(data.path(), &github.url, &env);
+    eventually(
+        Duration::from_secs(30),
+        "retention to delete the local logs",
+        || async {
+            files_containing(&local_logs, "building-marker")
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    for (name, marker) in [("build", "building-marker"), ("test", "testing-marker")] {
+        let jobs = run["jobs"].as_array().unwrap();
+        let job = jobs.iter().find(|j| j["name"] == name).unwrap();
+        let log = format!(
+            "{}/api/v1/jobs/{}/attempts/{}/steps/{}/log",
+            gantry.url,
+            job["id"].as_str().unwrap(),
+            job["attempt"],
+            job["steps"][0]["index"]
+        );
+        let page = get_json(&log).await;
+        assert_eq!(page["complete"], true, "{page:#}");
+        let texts: Vec<&str> = page["lines"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{log}: {page:#}"))
+            .iter()
+            .filter_map(|l| l["text"].as_str())
+            .collect();
+        assert!(texts.contains(&marker), "{log}: {page:#}");
+        let raw = client().get(format!("{log}/raw")).send().await.unwrap();
+        assert_eq!(raw.status().as_u16(), 200);
+        let raw = raw.text().await.unwrap();
+        assert!(raw.contains(marker), "{log}/raw: {raw}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_logs_archived_to_a_directory_are_served_after_retention() {
+    let archive = tempfile::tempdir().unwrap();
+    let archive_dir = archive.path().display().to_string();
+    step_logs_survive_retention_through_the_archive(
+        &[("GANTRY_LOG_ARCHIVE_DIR", archive_dir.as_str())],
+        || {
+            !files_containing(archive.path(), "building-marker").is_empty()
+                && !files_containing(archive.path(), "testing-marker").is_empty()
+        },
+    )
+    .await;
+}
+
+/// The S3 archive's settings for `gantry serve`, against moto's server.
+fn s3_archive_env(moto: &MotoServer, url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("GANTRY_LOG_ARCHIVE_URL", url.to_owned()),
+        ("GANTRY_LOG_ARCHIVE_S3_ENDPOINT", moto.endpoint()),
+        ("GANTRY_LOG_ARCHIVE_S3_REGION", "eu-west-1".to_owned()),
+        ("GANTRY_LOG_ARCHIVE_S3_ALLOW_HTTP", "true".to_owned()),
+        ("AWS_ACCESS_KEY_ID", moto::ACCESS_KEY_ID.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", moto::SECRET_ACCESS_KEY.to_owned()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_logs_archived_to_s3_are_served_after_retention() {
+    let moto = MotoServer::start();
+    moto.create_bucket("gantry-logs");
+    let env = s3_archive_env(&moto, "s3://gantry-logs/ci");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    // The start-up notes say where the archive is, and nothing of the credentials.
+    let data = tempfile::tempdir().unwrap();
+    let mut serve = gantry(data.path(), &["serve"])
+        .env("GANTRY_BACKEND", "local")
+        .env("GANTRY_LISTEN", "127.0.0.1:0")
+        .env("GANTRY_DATA_DIR", data.path())
+        .env("GANTRY_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut printed = Vec::new();
+    for line in BufReader::new(serve.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        let last = line.starts_with("  archive:");
+        printed.push(line);
+        if last {
+            break;
+        }
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let expected = format!(
+        "  archive:   s3://gantry-logs/ci at {} (region eu-west-1)",
+        moto.endpoint()
+    );
+    assert_eq!(printed.last(), Some(&expected), "{printed:#?}");
+    let printed = printed.join("\n");
+    assert!(
+        !printed.contains(moto::ACCESS_KEY_ID) && !printed.contains(moto::SECRET_ACCESS_KEY),
+        "{printed}"
+    );
+
+    step_logs_survive_retention_through_the_archive(&env, || {
+        let keys = moto.keys("gantry-logs");
+        keys.iter()
+            .filter(|k| k.starts_with("ci/") && k.ends_with(".idx"))
+            .count()
+            == 2
+    })
+    .await;
+}
+
+/// `gantry serve` with `env`, which must stop at start, non-zero: what it said on stderr.
+fn serve_refuses_to_start(env: &[(&str, &str)]) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let mut serve = gantry(data.path(), &["serve"])
+        .env("GANTRY_BACKEND", "local")
+        .env("GANTRY_LISTEN", "127.0.0.1:0")
+        .env("GANTRY_DATA_DIR", data.path())
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    // Ends when gantry exits (or, were it to keep running, never: the test's timeout says so).
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = serve.wait().unwrap();
+    assert!(
+        !status.success(),
+        "gantry serve started with {env:?}: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn a_log_archive_that_cannot_be_used_stops_gantry_serve_at_start() {
+    let closed = crate::server::free_port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let s3 = |url: &'static str, endpoint: &str, allow_http: &'static str| {
+        [
+            ("GANTRY_LOG_ARCHIVE_URL", url.to_owned()),
+            ("GANTRY_LOG_ARCHIVE_S3_ENDPOINT", endpoint.to_owned()),
+            ("GANTRY_LOG_ARCHIVE_S3_ALLOW_HTTP", allow_http.to_owned()),
+            ("AWS_ACCESS_KEY_ID", moto::ACCESS_KEY_ID.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", moto::SECRET_ACCESS_KEY.to_owned()),
+        ]
+    };
+    let refused = |env: &[(&str, String)]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let stderr = serve_refuses_to_start(&env);
+        assert!(!stderr.contains(moto::SECRET_ACCESS_KEY), "{stderr}");
+        stderr
+    };
+
+    // Nothing answers at the endpoint.
+    let stderr = refused(&s3("s3://gantry-logs/ci", &endpoint, "true"));
+    for said in [
+        "--log-archive-url: the log archive cannot be used",
+        &format!("s3://gantry-logs/ci at {endpoint}"),
+        "cannot write the check object ci/.gantry-archive-check",
+        "Connection refused",
+    ] {
+        assert!(stderr.contains(said), "{said:?} in:\n{stderr}");
+    }
+
+    let stderr = refused(&s3("https://gantry-logs/ci", &endpoint, "true"));
+    assert!(
+        stderr.contains("https://gantry-logs/ci is not an s3://BUCKET[/PREFIX] URL"),
+        "{stderr}"
+    );
+
+    let stderr = refused(&s3("s3://gantry-logs", &endpoint, "false"));
+    assert!(
+        stderr.contains("is plain http: add --log-archive-s3-allow-http"),
+        "{stderr}"
+    );
+
+    let mut both = s3("s3://gantry-logs", &endpoint, "true").to_vec();
+    both.push(("GANTRY_LOG_ARCHIVE_DIR", "/tmp/gantry-archive".to_owned()));
+    let stderr = refused(&both);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
 }

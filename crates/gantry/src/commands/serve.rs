@@ -59,6 +59,8 @@ pub struct ServeArgs {
     /// read from it what retention has deleted locally.
     #[arg(long, env = "GANTRY_LOG_ARCHIVE_DIR")]
     pub log_archive_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub log_archive_s3: LogArchiveS3Args,
     /// Where jobs run: `kubernetes` (a Pod per job), `local` (child processes here, no
     /// isolation), or `auto`: Kubernetes when a kubeconfig or in-cluster configuration is found.
     #[arg(long, env = "GANTRY_BACKEND", value_enum)]
@@ -71,6 +73,40 @@ pub struct ServeArgs {
     pub gitlab: GitlabArgs,
     #[command(flatten)]
     pub gitea: GiteaArgs,
+}
+
+/// The log archive in S3 or an S3-compatible object store. Credentials are never flags: they
+/// come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the platform's: web identity, ECS,
+/// EC2), like every other `AWS_*` setting these flags leave unset.
+#[derive(Debug, Args)]
+pub struct LogArchiveS3Args {
+    /// Copy every finished step's log to `s3://BUCKET[/PREFIX]`, and read from it what
+    /// retention has deleted locally. Checked at start (an object `PREFIX/.gantry-archive-check`
+    /// is written and read back).
+    #[arg(
+        long,
+        env = "GANTRY_LOG_ARCHIVE_URL",
+        conflicts_with = "log_archive_dir"
+    )]
+    pub log_archive_url: Option<String>,
+    /// The S3-compatible server (MinIO, Ceph, Garage …), e.g. `https://s3.example.net:9000`.
+    /// Default: AWS_ENDPOINT, else AWS.
+    #[arg(
+        long,
+        env = "GANTRY_LOG_ARCHIVE_S3_ENDPOINT",
+        requires = "log_archive_url"
+    )]
+    pub log_archive_s3_endpoint: Option<String>,
+    /// The bucket's region. Default: AWS_REGION, else us-east-1.
+    #[arg(
+        long,
+        env = "GANTRY_LOG_ARCHIVE_S3_REGION",
+        requires = "log_archive_url"
+    )]
+    pub log_archive_s3_region: Option<String>,
+    /// Allow a plain `http://` endpoint: requests are still signed, but logs travel unencrypted.
+    #[arg(long, env = "GANTRY_LOG_ARCHIVE_S3_ALLOW_HTTP")]
+    pub log_archive_s3_allow_http: bool,
 }
 
 /// Several replicas on one PostgreSQL database: all serve, one runs the engine.
@@ -450,11 +486,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut logs = Logs::open(data_dir.join("logs")).context("cannot open the log store")?;
-    if let Some(dir) = &args.log_archive_dir {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the log archive {}", dir.display()))?;
-        logs = logs.with_archive(Arc::new(gantry_server::gantry_logs::DirArchive::new(dir)));
-    }
+    let archive_text = match log_archive(&args).await? {
+        Some((archive, text)) => {
+            logs = logs.with_archive(archive);
+            Some(text)
+        }
+        None => None,
+    };
     let mut engine = Engine::new(store, backend, forges, Arc::new(logs.clone()), config)
         .with_observer(Arc::new(metrics.clone()));
     if let Some(kb) = &kube_backend {
@@ -549,6 +587,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         redact_url(&database_url)
     );
     println!("  backend:   {backend_text}");
+    if let Some(archive) = &archive_text {
+        println!("  archive:   {archive}");
+    }
     for note in &notes {
         println!("  note:      {note}");
     }
@@ -578,6 +619,41 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The log archive the flags ask for, checked, and where it is (for people: no credentials).
+async fn log_archive(
+    args: &ServeArgs,
+) -> anyhow::Result<Option<(Arc<dyn gantry_logs::Archive>, String)>> {
+    if let Some(dir) = &args.log_archive_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the log archive {}", dir.display()))?;
+        let archive = Arc::new(gantry_logs::DirArchive::new(dir));
+        return Ok(Some((archive, dir.display().to_string())));
+    }
+    let s3 = &args.log_archive_s3;
+    let Some(url) = &s3.log_archive_url else {
+        return Ok(None);
+    };
+    if let Some(endpoint) = &s3.log_archive_s3_endpoint
+        && endpoint.starts_with("http://")
+        && !s3.log_archive_s3_allow_http
+    {
+        bail!(
+            "--log-archive-s3-endpoint {endpoint} is plain http: add --log-archive-s3-allow-http \
+             (GANTRY_LOG_ARCHIVE_S3_ALLOW_HTTP=true) to use it; logs then travel unencrypted"
+        );
+    }
+    let archive = gantry_logs::ObjectStoreArchive::s3(
+        url,
+        s3.log_archive_s3_endpoint.as_deref(),
+        s3.log_archive_s3_region.as_deref(),
+        s3.log_archive_s3_allow_http,
+    )
+    .await
+    .context("--log-archive-url: the log archive cannot be used")?;
+    let text = archive.location().to_owned();
+    Ok(Some((Arc::new(archive), text)))
 }
 
 /// Starts the scheduler (after recovery), the pod sweeper, and the planning of deliveries a
