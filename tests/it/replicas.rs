@@ -182,8 +182,9 @@ async fn two_replicas_one_engine_the_follower_serves_and_takes_over_when_the_lea
     let quick_url = daemon.publish(&quick, "quick.git");
     let github = FakeGithub::start().await;
 
+    // One data directory for both, as the chart's ReadWriteMany claim gives them.
+    let data = tmp.path().join("data");
     let replica = |name: &str| {
-        let data = tmp.path().join(name);
         let env = [
             ("GANTRY_DATABASE_URL", database.as_str()),
             ("KUBECONFIG", kubeconfig.to_str().unwrap()),
@@ -229,10 +230,43 @@ async fn two_replicas_one_engine_the_follower_serves_and_takes_over_when_the_lea
     .await;
     assert_eq!(code, 202);
     let slow_run = run_of_delivery(&b, "d-slow").await;
-    eventually(Duration::from_secs(60), "the slow job to run", || async {
-        (run_of(&b, &slow_run).await["jobs"][0]["status"] == "running").then_some(())
+    let job = eventually(Duration::from_secs(60), "the slow job to run", || async {
+        let run = run_of(&b, &slow_run).await;
+        (run["jobs"][0]["status"] == "running").then(|| run["jobs"][0]["id"].clone())
     })
     .await;
+    // The follower serves the step log the leader writes in the shared data directory: a
+    // page, and the live follow (which it reads from the files).
+    let step_log = format!(
+        "{}/api/v1/jobs/{}/attempts/1/steps/0/log",
+        b.url,
+        job.as_str().unwrap()
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the follower to serve the leader's log",
+        || async {
+            let page = get_json(&step_log).await;
+            (page["lines"][0]["text"] == "started").then_some(())
+        },
+    )
+    .await;
+    let mut follow = client()
+        .get(format!("{step_log}/follow"))
+        .send()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), follow.chunk())
+        .await
+        .expect("the follower's live follow answers")
+        .unwrap()
+        .unwrap_or_default();
+    let first = String::from_utf8_lossy(&first);
+    assert!(
+        first.contains("event: lines") && first.contains("\"text\":\"started\""),
+        "{first}"
+    );
+    drop(follow);
 
     // A cancel sent to the follower stops the job running on the leader.
     let cancelled = client()

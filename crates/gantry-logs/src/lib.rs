@@ -75,6 +75,9 @@ struct Inner {
     open: Mutex<HashMap<StepKey, Arc<OpenStep>>>,
     maskers: Mutex<HashMap<(JobId, u32), Arc<Masker>>>,
     archive: Option<Arc<dyn Archive>>,
+    /// This process writes the store: it may repair steps after a crash and apply retention.
+    /// Off on a replica that does not run the engine (see [`Logs::set_writer`]).
+    writer: std::sync::atomic::AtomicBool,
 }
 
 /// The log service: masking, storing, fan-out and reading. Cheap to clone.
@@ -105,6 +108,7 @@ impl Logs {
             open: Mutex::default(),
             maskers: Mutex::default(),
             archive: None,
+            writer: std::sync::atomic::AtomicBool::new(true),
         })))
     }
 
@@ -273,12 +277,30 @@ impl Logs {
         Ok(Progress::default())
     }
 
+    /// Whether this process writes the store (the default). With several replicas on one
+    /// shared data directory, only the one that runs the engine writes step logs: the others
+    /// read them, and must neither repair a step (the leader may be in the middle of writing
+    /// one of its records) nor apply retention. Set off on a replica that does not lead, on
+    /// again when it starts leading.
+    pub fn set_writer(&self, writer: bool) {
+        self.0
+            .writer
+            .store(writer, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_writer(&self) -> bool {
+        self.0.writer.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Repairs a step that no writer holds (a crash may have left its index short); returns
-    /// its line count.
+    /// its line count. A reader only counts the complete lines.
     fn repair_idle(&self, key: StepKey) -> io::Result<u64> {
         let open = lock(&self.0.open);
         if let Some(step) = open.get(&key) {
             return Ok(lock(&step.writer).lines());
+        }
+        if !self.is_writer() {
+            return self.0.store.count_lines(key);
         }
         self.0.store.repair(key)
     }
@@ -461,7 +483,14 @@ impl Logs {
     ) {
         tokio::pin!(stop);
         loop {
-            match self.sweep(retention.clone()).await {
+            let sweep = async {
+                if self.is_writer() {
+                    self.sweep(retention.clone()).await
+                } else {
+                    Ok(SweepReport::default())
+                }
+            };
+            match sweep.await {
                 Ok(r) if r.attempts_deleted > 0 => tracing::info!(
                     attempts = r.attempts_deleted,
                     bytes = r.bytes_deleted,

@@ -198,6 +198,28 @@ impl LogStore {
         })
     }
 
+    /// The number of complete lines of a step, changing nothing: for a step another process
+    /// may be writing (a replica that does not run the engine, on a shared volume), where
+    /// [`LogStore::repair`] could cut the record being written. Index entries past the log's
+    /// end and a torn last record are not counted.
+    pub fn count_lines(&self, key: StepKey) -> io::Result<u64> {
+        let files = self.files(key);
+        let (log, index) = match (File::open(&files.log), File::open(&files.index)) {
+            (Ok(log), Ok(index)) => (log, index),
+            (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        let log_len = log.metadata()?.len();
+        let mut entries = index.metadata()?.len() / 8;
+        while entries > 0 && read_entry(&index, entries - 1)? >= log_len {
+            entries -= 1;
+        }
+        if entries > 0 && find_newline(&log, read_entry(&index, entries - 1)?, log_len)?.is_none() {
+            entries -= 1;
+        }
+        Ok(entries)
+    }
+
     /// Makes the index match the log: entries past the log's end go, complete records the
     /// index lacks are indexed, and a torn last record (no `\n`) is cut off. Returns the
     /// number of lines. Call only while no writer has the step open.

@@ -123,3 +123,59 @@ async fn following_a_finished_step_drains_it_and_ends() {
         .await;
     assert_eq!(n, 3);
 }
+
+/// Two replicas on one shared data directory: the leader writes a step, a replica that does
+/// not lead follows it from the files (its own hub knows nothing of the step), and never
+/// repairs what the leader is in the middle of writing.
+#[tokio::test]
+async fn a_replica_that_does_not_lead_follows_the_leaders_step_and_never_cuts_its_records() {
+    let (dir, leader) = logs();
+    let reader = Logs::open(dir.path().join("logs")).unwrap();
+    reader.set_writer(false);
+    let key = key();
+    for i in 1..=5 {
+        leader
+            .append(key.job, key.attempt, &line(0, &format!("{i}")))
+            .unwrap();
+    }
+    // The leader is in the middle of a record: bytes of it are in the file, no newline yet.
+    let files = leader.store().files(key);
+    let written = std::fs::metadata(&files.log).unwrap().len();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&files.log)
+        .unwrap();
+    std::io::Write::write_all(&mut log, b"2026-01-01T00:00:00.000000Z stdout hal").unwrap();
+    let len = std::fs::metadata(&files.log).unwrap().len();
+
+    let progress = reader.progress(key).await.unwrap();
+    assert_eq!((progress.lines, progress.closed), (5, false));
+    assert_eq!(
+        std::fs::metadata(&files.log).unwrap().len(),
+        len,
+        "the reader cut the record the leader is writing"
+    );
+    // (Put the file back as the leader's writer left it, and let the leader go on.)
+    log.set_len(written).unwrap();
+    drop(log);
+    let follow = tokio::spawn({
+        let reader = reader.clone();
+        async move { take_numbers(&reader, key, 1, 8).await }
+    });
+    for i in 6..=8 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        leader
+            .append(key.job, key.attempt, &line(0, &format!("{i}")))
+            .unwrap();
+    }
+    assert_eq!(follow.await.unwrap(), [1, 2, 3, 4, 5, 6, 7, 8]);
+    let texts: Vec<String> = reader
+        .read(key, 1, 100)
+        .await
+        .unwrap()
+        .lines
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert_eq!(texts, ["1", "2", "3", "4", "5", "6", "7", "8"]);
+}

@@ -285,7 +285,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.gitea.gitea_read_files,
     );
 
-    let git_reader = Arc::new(GitReader::new(data_dir.join("git-cache")));
+    // This replica's name in the Lease.
+    let identity = args
+        .election
+        .leader_election_identity
+        .clone()
+        .unwrap_or_else(host_name);
+    // Replicas share the data directory (a ReadWriteMany claim) and plan webhooks at the same
+    // time: each keeps a git cache of its own, as git's locks only guard one process's fetches
+    // against another's by failing them.
+    let git_cache = if args.election.leader_election {
+        data_dir.join("git-cache").join(&identity)
+    } else {
+        data_dir.join("git-cache")
+    };
+    let git_reader = Arc::new(GitReader::new(git_cache));
     let mut forges: Vec<Arc<dyn Forge>> = Vec::new();
     let mut sources: HashMap<ForgeKind, PipelineSource> = HashMap::new();
     let mut webhook_secrets: HashMap<ForgeKind, WebhookSecrets> = HashMap::new();
@@ -439,11 +453,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .leader_election_namespace
             .clone()
             .unwrap_or_else(|| client.default_namespace().to_owned());
-        let identity = args
-            .election
-            .leader_election_identity
-            .clone()
-            .unwrap_or_else(host_name);
         let lease = gantry_kube::LeaseConfig::new(
             args.election.leader_election_lease.clone(),
             namespace,
@@ -486,6 +495,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut logs = Logs::open(data_dir.join("logs")).context("cannot open the log store")?;
+    // With leader election the data directory is shared: only the leader writes (and
+    // repairs, and applies retention to) step logs; the others read what it writes.
+    logs.set_writer(!args.election.leader_election);
     let archive_text = match log_archive(&args).await? {
         Some((archive, text)) => {
             logs = logs.with_archive(archive);
@@ -517,6 +529,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_bytes: args.log_max_bytes,
         };
         let stop = engine.shutdown_token();
+        let logs = logs.clone();
         tokio::spawn(async move {
             logs.retain(
                 retention,
@@ -544,18 +557,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ));
             let leadership = elector.spawn();
             let mut changes = leadership.subscribe();
-            let (engine, kb, state, metrics, lost) = (
+            let (engine, kb, state, metrics, lost, logs) = (
                 engine.clone(),
                 kube_backend.clone(),
                 state.clone(),
                 metrics.clone(),
                 lost_lease.clone(),
+                logs.clone(),
             );
             tokio::spawn(async move {
                 if changes.wait_for(|leading| *leading).await.is_err() {
                     return;
                 }
                 tracing::info!("leading: starting the engine");
+                logs.set_writer(true);
                 if let Err(err) = start_engine(&engine, kb.as_ref(), &state).await {
                     tracing::error!(error = %format!("{err:#}"), "cannot start the engine");
                     lost.store(true, std::sync::atomic::Ordering::SeqCst);
