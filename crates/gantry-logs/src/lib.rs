@@ -214,11 +214,7 @@ impl Logs {
         if let Some(archive) = self.0.archive.clone()
             && files.log.exists()
         {
-            tokio::spawn(async move {
-                if let Err(err) = archive::upload(&*archive, key, &files).await {
-                    tracing::warn!(job = %key.job, step = key.step, %err, "cannot archive a step log");
-                }
-            });
+            tokio::spawn(async move { archive_step(&*archive, key, &files).await });
         }
         Ok(())
     }
@@ -460,15 +456,27 @@ impl Logs {
         })
     }
 
-    /// Applies retention to every attempt that is not being written.
+    /// Applies retention to every attempt that is not being written. With an archive, steps
+    /// that ended but are not in it yet (an upload failed, or they ended before the archive
+    /// was configured) are uploaded first, and an attempt is kept while one of its steps
+    /// cannot be: retention never deletes the only copy of a log.
     pub async fn sweep(&self, retention: Retention) -> Result<SweepReport> {
+        let mut keep: HashSet<(JobId, u32)> = HashSet::new();
+        if let Some(archive) = self.0.archive.clone() {
+            let store = self.0.store.clone();
+            let pending = tokio::task::spawn_blocking(move || store.unarchived())
+                .await
+                .map_err(|e| Error::Io(io::Error::other(e)))??;
+            for key in pending {
+                if !archive_step(&*archive, key, &self.0.store.files(key)).await {
+                    keep.insert((key.job, key.attempt));
+                }
+            }
+        }
         let this = self.clone();
         Ok(tokio::task::spawn_blocking(move || {
-            let live: HashSet<(JobId, u32)> = lock(&this.0.open)
-                .keys()
-                .map(|k| (k.job, k.attempt))
-                .collect();
-            this.0.store.sweep(&retention, SystemTime::now(), &live)
+            keep.extend(lock(&this.0.open).keys().map(|k| (k.job, k.attempt)));
+            this.0.store.sweep(&retention, SystemTime::now(), &keep)
         })
         .await
         .map_err(|e| Error::Io(io::Error::other(e)))??)
@@ -504,6 +512,24 @@ impl Logs {
                 _ = &mut stop => return,
                 _ = tokio::time::sleep(every) => {}
             }
+        }
+    }
+}
+
+/// Copies a finished step's log to the archive and marks it archived; `false` (logged) when it
+/// could not be.
+async fn archive_step(archive: &dyn Archive, key: StepKey, files: &StepFiles) -> bool {
+    let done = match archive::upload(archive, key, files).await {
+        Ok(()) => std::fs::File::create(&files.archived)
+            .map(drop)
+            .map_err(Error::Io),
+        Err(err) => Err(err),
+    };
+    match done {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(job = %key.job, step = key.step, %err, "cannot archive a step log; it is kept until it can be");
+            false
         }
     }
 }

@@ -137,6 +137,8 @@ pub struct StepFiles {
     pub log: PathBuf,
     pub index: PathBuf,
     pub end: PathBuf,
+    /// Present once the log is in the archive (when one is configured).
+    pub archived: PathBuf,
 }
 
 /// Step logs under one directory. Cheap to clone; all methods are blocking file I/O.
@@ -169,7 +171,45 @@ impl LogStore {
             log: dir.join(format!("{}.log", key.step)),
             index: dir.join(format!("{}.idx", key.step)),
             end: dir.join(format!("{}.end", key.step)),
+            archived: dir.join(format!("{}.archived", key.step)),
         }
+    }
+
+    /// Steps that ended but are not marked as archived, oldest attempt directories first
+    /// (in no particular order within one).
+    pub fn unarchived(&self) -> io::Result<Vec<StepKey>> {
+        let mut keys = Vec::new();
+        let jobs = match fs::read_dir(&self.root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(keys),
+            Err(e) => return Err(e),
+        };
+        for job in jobs.flatten() {
+            let Ok(job_id) = job.file_name().to_string_lossy().parse::<JobId>() else {
+                continue;
+            };
+            for attempt in fs::read_dir(job.path()).into_iter().flatten().flatten() {
+                let Ok(n) = attempt.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                for file in fs::read_dir(attempt.path())?.flatten() {
+                    let name = file.file_name();
+                    let Some(step) = name
+                        .to_string_lossy()
+                        .strip_suffix(".end")
+                        .and_then(|s| s.parse::<usize>().ok())
+                    else {
+                        continue;
+                    };
+                    let key = StepKey::new(job_id, n, step);
+                    let files = self.files(key);
+                    if files.log.exists() && !files.archived.exists() {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        Ok(keys)
     }
 
     /// Opens a step's log for appending, repairing it first (a crash may have left it).

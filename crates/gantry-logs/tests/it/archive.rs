@@ -189,3 +189,72 @@ async fn an_s3_archive_that_cannot_be_reached_or_has_no_bucket_fails_at_start() 
         started.elapsed()
     );
 }
+
+/// An archive that refuses every upload while `down`.
+struct Flaky {
+    inner: DirArchive,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Archive for Flaky {
+    async fn put_file(&self, name: &str, path: &std::path::Path) -> gantry_logs::Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(gantry_logs::Error::Archive(format!(
+                "{name}: the archive is down"
+            )));
+        }
+        self.inner.put_file(name, path).await
+    }
+    async fn size(&self, name: &str) -> gantry_logs::Result<Option<u64>> {
+        self.inner.size(name).await
+    }
+    async fn get_range(
+        &self,
+        name: &str,
+        range: std::ops::Range<u64>,
+    ) -> gantry_logs::Result<Vec<u8>> {
+        self.inner.get_range(name, range).await
+    }
+}
+
+#[tokio::test]
+async fn retention_keeps_a_log_the_archive_refused_until_a_later_sweep_archives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = Arc::new(Flaky {
+        inner: DirArchive::new(dir.path().join("archive")),
+        down: std::sync::atomic::AtomicBool::new(true),
+    });
+    let logs = Logs::open(dir.path().join("logs"))
+        .unwrap()
+        .with_archive(archive.clone());
+    let key = key();
+    for i in 1..=20 {
+        logs.append(key.job, key.attempt, &line(0, &format!("line {i}")))
+            .unwrap();
+    }
+    logs.close_step(key).unwrap();
+    let everything = Retention {
+        max_age: None,
+        max_bytes: Some(0),
+    };
+    // The upload at the step's end failed, and so does the sweep's: the only copy stays.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = logs.sweep(everything.clone()).await.unwrap();
+    assert_eq!(
+        report.attempts_deleted, 0,
+        "the only copy of a log was deleted"
+    );
+    assert!(logs.store().exists(key));
+
+    // The archive is back: the next sweep uploads the log, then deletes the local copy.
+    archive
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let report = logs.sweep(everything).await.unwrap();
+    assert_eq!(report.attempts_deleted, 1);
+    assert!(!logs.store().exists(key));
+    let page = logs.read(key, 19, 10).await.unwrap();
+    let texts: Vec<_> = page.lines.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts, ["line 19", "line 20"]);
+}
