@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::serve::{run_of, runs_of_delivery};
 use crate::server::{FakeGithub, Gantry, GitDaemon, client, eventually, get_json, send_push};
 use crate::support::{Repo, workspace};
 
@@ -129,24 +130,20 @@ async fn leads(gantry: &Gantry) -> bool {
     text.lines().any(|l| l.trim() == "gantry_engine_active 1")
 }
 
-async fn run_of(gantry: &Gantry, id: &str) -> Value {
-    get_json(&format!("{}/api/v1/runs/{id}", gantry.url)).await
-}
-
-async fn run_of_delivery(gantry: &Gantry, delivery: &str) -> String {
-    eventually(
-        Duration::from_secs(60),
-        "the delivery to be planned",
-        || async {
-            let d = get_json(&format!(
-                "{}/api/v1/deliveries/github/{delivery}",
-                gantry.url
-            ))
-            .await;
-            d["runs"][0].as_str().map(str::to_owned)
-        },
+/// Who holds the Lease, as the API server says.
+fn lease_holder(ns: &str) -> String {
+    kubectl(
+        &[
+            "-n",
+            ns,
+            "get",
+            "lease",
+            "gantry",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        "",
     )
-    .await
 }
 
 async fn wait_status(gantry: &Gantry, run: &str, status: &str, limit: Duration) -> Value {
@@ -207,18 +204,7 @@ async fn two_replicas_one_engine_the_follower_serves_and_takes_over_when_the_lea
         assert!(!leads(&b).await, "only one replica runs the engine");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let lease = kubectl(
-        &[
-            "-n",
-            &ns,
-            "get",
-            "lease",
-            "gantry",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ],
-        "",
-    );
+    let lease = lease_holder(&ns);
     assert_eq!(lease, "replica-a");
 
     // A webhook to the follower: planned there, run by the leader's engine.
@@ -229,7 +215,7 @@ async fn two_replicas_one_engine_the_follower_serves_and_takes_over_when_the_lea
     )
     .await;
     assert_eq!(code, 202);
-    let slow_run = run_of_delivery(&b, "d-slow").await;
+    let slow_run = runs_of_delivery(&b, "d-slow").await.remove(0);
     let job = eventually(Duration::from_secs(60), "the slow job to run", || async {
         let run = run_of(&b, &slow_run).await;
         (run["jobs"][0]["status"] == "running").then(|| run["jobs"][0]["id"].clone())
@@ -292,7 +278,7 @@ async fn two_replicas_one_engine_the_follower_serves_and_takes_over_when_the_lea
     )
     .await;
     assert_eq!(code, 202, "the follower keeps taking webhooks");
-    let quick_run = run_of_delivery(&b, "d-quick").await;
+    let quick_run = runs_of_delivery(&b, "d-quick").await.remove(0);
     eventually(
         Duration::from_secs(60),
         "replica-b to take over",
@@ -301,18 +287,7 @@ async fn two_replicas_one_engine_the_follower_serves_and_takes_over_when_the_lea
     .await;
     let run = wait_status(&b, &quick_run, "success", Duration::from_secs(60)).await;
     assert_eq!(run["jobs"][0]["status"], "success", "{run:#}");
-    let lease = kubectl(
-        &[
-            "-n",
-            &ns,
-            "get",
-            "lease",
-            "gantry",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ],
-        "",
-    );
+    let lease = lease_holder(&ns);
     assert_eq!(lease, "replica-b");
     kubectl(&["delete", "namespace", &ns, "--wait=false"], "");
 }

@@ -42,12 +42,12 @@ fn repo_with(pipeline: &str) -> (Repo, String) {
     (repo, sha)
 }
 
-async fn run_of(gantry: &Gantry, id: &str) -> Value {
+pub(crate) async fn run_of(gantry: &Gantry, id: &str) -> Value {
     get_json(&format!("{}/api/v1/runs/{id}", gantry.url)).await
 }
 
 /// Waits for the delivery to be planned and returns its runs.
-async fn runs_of_delivery(gantry: &Gantry, delivery: &str) -> Vec<String> {
+pub(crate) async fn runs_of_delivery(gantry: &Gantry, delivery: &str) -> Vec<String> {
     eventually(
         Duration::from_secs(60),
         "the delivery to be planned",
