@@ -118,11 +118,13 @@ impl<'a> Requester<'a> {
     }
 }
 
-/// Where the values of granted secrets come from, for backends that are handed values (the
-/// local backend). The Kubernetes backend reads Secrets itself and needs none.
+/// Where the values of granted secrets come from: the local backend hands them to the job's
+/// environment, and the log masker hides them in every backend's output (the Kubernetes
+/// backend itself only references Secrets from the Pod, and ignores the values).
+#[async_trait::async_trait]
 pub trait SecretValues: Send + Sync + 'static {
     /// The value of `key` in the secret `secret`, if Gantry has it.
-    fn value(&self, secret: &str, key: &str) -> Option<Secret>;
+    async fn value(&self, secret: &str, key: &str) -> Option<Secret>;
 }
 
 /// Secret values from Gantry's own environment: `GANTRY_SECRET_<NAME>` for the key `value`,
@@ -141,8 +143,9 @@ impl EnvSecretValues {
     }
 }
 
+#[async_trait::async_trait]
 impl SecretValues for EnvSecretValues {
-    fn value(&self, secret: &str, key: &str) -> Option<Secret> {
+    async fn value(&self, secret: &str, key: &str) -> Option<Secret> {
         std::env::var(Self::variable(secret, key))
             .ok()
             .map(Secret::new)
@@ -169,16 +172,22 @@ impl std::fmt::Debug for SecretPolicy {
 impl SecretPolicy {
     /// Values, by environment variable, of the secrets `spec` asks for that `trigger` is
     /// granted and that have a value.
-    pub fn values_for(&self, trigger: &Trigger, spec: &JobSpec) -> BTreeMap<String, Secret> {
+    pub async fn values_for(&self, trigger: &Trigger, spec: &JobSpec) -> BTreeMap<String, Secret> {
+        let mut out = BTreeMap::new();
         let Some(values) = &self.values else {
-            return BTreeMap::new();
+            return out;
         };
         let who = Requester::of(trigger);
-        spec.secrets
+        for s in spec
+            .secrets
             .iter()
             .filter(|s| self.grants.allows(&s.secret, &who))
-            .filter_map(|s| values.value(&s.secret, &s.key).map(|v| (s.env.clone(), v)))
-            .collect()
+        {
+            if let Some(v) = values.value(&s.secret, &s.key).await {
+                out.insert(s.env.clone(), v);
+            }
+        }
+        out
     }
 }
 

@@ -106,7 +106,7 @@ fn final_description(state: State, reason: Option<&str>) -> String {
     }
 }
 
-fn request(run: &RunRecord, job: &Job, secrets: &crate::SecretPolicy) -> JobRequest {
+async fn request(run: &RunRecord, job: &Job, secrets: &crate::SecretPolicy) -> JobRequest {
     let t = &run.run.trigger;
     JobRequest {
         run_id: run.run.id,
@@ -119,9 +119,10 @@ fn request(run: &RunRecord, job: &Job, secrets: &crate::SecretPolicy) -> JobRequ
         },
         pull_request: t.pull_request.clone(),
         spec: job.spec.clone(),
-        // Only granted secrets, and only where values are held (the local backend); backends
-        // that read secrets themselves (Kubernetes) get none.
-        secret_values: secrets.values_for(t, &job.spec),
+        // Only granted secrets, and only where Gantry can read their values: the local backend
+        // puts them in the job's environment, the log sink masks them; the Kubernetes backend
+        // references the Secrets from the Pod and ignores them.
+        secret_values: secrets.values_for(t, &job.spec).await,
     }
 }
 
@@ -546,7 +547,7 @@ impl Inner {
             },
         );
         tracing::debug!(run = %run.run.id, job = %job.id, attempt = job.attempt, name = %job.name, "starting job");
-        let job_request = request(&run, &job, &self.config.secrets);
+        let job_request = request(&run, &job, &self.config.secrets).await;
         // Before the backend can send a line: the log sink learns the secrets to mask.
         self.logs.attempt_started(&job_request).await;
         if let Err(err) = self
@@ -1041,7 +1042,7 @@ impl Inner {
             if let Some(reattach) = &self.reattach
                 && let Some(run) = self.store.get_run(job.run_id).await?
             {
-                let job_request = request(&run, &job, &self.config.secrets);
+                let job_request = request(&run, &job, &self.config.secrets).await;
                 self.logs.attempt_started(&job_request).await;
                 match reattach.reattach(job_request, self.events_tx.clone()).await {
                     Ok(true) => {

@@ -17,6 +17,7 @@ mod logs;
 
 pub mod names;
 pub mod render;
+mod secrets;
 mod sweeper;
 mod tracker;
 
@@ -25,6 +26,7 @@ pub use config::{Images, KubeConfig, RepoPolicy, SecurityLevel, Timings};
 pub use gantry_engine::{PullRequestOrigin, Requester, SecretGrant, SecretGrants};
 pub use lease::{LeaderElector, Leadership, LeaseConfig};
 pub use render::{Manifest, RenderError, RenderOptions, Rendered, origin_of, render, to_yaml};
+pub use secrets::KubeSecretValues;
 
 /// What goes wrong in the backend.
 #[derive(Debug, thiserror::Error)]

@@ -472,6 +472,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let mut kube_config = file.kubernetes.clone().unwrap_or_default();
             kube_config.grants = gantry_engine::SecretGrants(file.grants.clone());
             let namespace = kube_config.namespace.clone();
+            // The masker hides granted Secrets' values in job logs (the Pod gets them itself).
+            config.secrets.values = Some(Arc::new(gantry_kube::KubeSecretValues::new(
+                client.clone(),
+                &namespace,
+            )));
             let kb = gantry_kube::KubeBackend::new(client, kube_config, None);
             kube_backend = Some(kb.clone());
             (

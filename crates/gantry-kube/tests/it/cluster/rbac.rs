@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use gantry_core::{Backend, JobId, RunId};
-use gantry_kube::{JobRegistry, KubeBackend, names};
+use gantry_engine::SecretValues;
+use gantry_kube::{JobRegistry, KubeBackend, KubeSecretValues, names};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -20,15 +21,19 @@ use tokio::sync::mpsc;
 use super::{cluster, config, eventually, play, root, until_finished};
 use crate::backend::{job, shape};
 
-/// `helm template` of the chart for a release in `release_ns` with builds in `build_ns`, as
-/// one JSON value per document.
-fn helm_template(release_ns: &str, build_ns: &str) -> Vec<Value> {
+/// `helm template` of the chart for a release in `release_ns` with builds in `build_ns` (and
+/// more `--set`s), as one JSON value per document.
+fn helm_template(release_ns: &str, build_ns: &str, sets: &[&str]) -> Vec<Value> {
     let root = root();
-    let out = Command::new(root.join("tests/cluster/helm"))
-        .args(["template", "gantry"])
+    let mut cmd = Command::new(root.join("tests/cluster/helm"));
+    cmd.args(["template", "gantry"])
         .arg(root.join("charts/gantry"))
         .args(["--namespace", release_ns])
-        .args(["--set", &format!("buildNamespace.name={build_ns}")])
+        .args(["--set", &format!("buildNamespace.name={build_ns}")]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    let out = cmd
         .output()
         .expect("run tests/cluster/helm (it installs helm on first use)");
     assert!(
@@ -45,28 +50,22 @@ fn helm_template(release_ns: &str, build_ns: &str) -> Vec<Value> {
         .collect()
 }
 
-struct Nobody;
-
-#[async_trait::async_trait]
-impl JobRegistry for Nobody {
-    async fn knows(&self, _: RunId, _: JobId, _: u32) -> bool {
-        false
-    }
+/// What the chart grants Gantry in the build namespace, applied as rendered.
+struct ChartAccount {
+    /// A client with a token of the chart's ServiceAccount.
+    gantry: kube::Client,
+    build_ns: String,
+    release_ns: String,
+    role: Role,
 }
 
-fn forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
-    match result {
-        Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn the_charts_role_is_enough_and_nothing_more_is_allowed() {
-    let c = cluster();
-    let build_ns = c.namespace("rbac").await;
-    let release_ns = c.namespace("rbac-rel").await;
-    let docs = helm_template(&release_ns, &build_ns);
+/// The chart's ServiceAccount, build-namespace Role and RoleBinding (rendered with `sets`),
+/// created as the admin in fresh namespaces, and a client with a token for the account
+/// (TokenRequest API).
+async fn chart_account(c: &super::Cluster, name: &str, sets: &[&str]) -> ChartAccount {
+    let build_ns = c.namespace(name).await;
+    let release_ns = c.namespace(&format!("{name}-rel")).await;
+    let docs = helm_template(&release_ns, &build_ns, sets);
     let kind = |v: &Value| v["kind"].as_str().unwrap_or_default().to_owned();
     assert!(
         docs.iter().all(|d| !kind(d).starts_with("Cluster")),
@@ -85,8 +84,6 @@ async fn the_charts_role_is_enough_and_nothing_more_is_allowed() {
     let sa_ns = subject.namespace.clone().unwrap();
     assert_eq!(sa_ns, release_ns);
 
-    // As the admin: the ServiceAccount, the chart's Role and RoleBinding as rendered, and a
-    // token for the account through the TokenRequest API.
     let admin = c.admin().await;
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), &sa_ns);
     let account = ServiceAccount {
@@ -123,7 +120,39 @@ async fn the_charts_role_is_enough_and_nothing_more_is_allowed() {
         .unwrap()
         .token
         .expect("a token");
-    let gantry = c.client(&token).await;
+    ChartAccount {
+        gantry: c.client(&token).await,
+        build_ns,
+        release_ns,
+        role,
+    }
+}
+
+struct Nobody;
+
+#[async_trait::async_trait]
+impl JobRegistry for Nobody {
+    async fn knows(&self, _: RunId, _: JobId, _: u32) -> bool {
+        false
+    }
+}
+
+fn forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
+    match result {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_charts_role_is_enough_and_nothing_more_is_allowed() {
+    let c = cluster();
+    let ChartAccount {
+        gantry,
+        build_ns,
+        release_ns,
+        role,
+    } = chart_account(&c, "rbac", &[]).await;
 
     // Everything the backend does, as that account: watch and list pods, create a pod and
     // its clone Secret, follow logs, sweep (delete).
@@ -203,6 +232,65 @@ async fn the_charts_role_is_enough_and_nothing_more_is_allowed() {
         "create a Role (escalate)",
         Api::<Role>::namespaced(gantry, &build_ns)
             .create(&PostParams::default(), &role)
+            .await,
+    );
+}
+
+/// With grants in the chart's values, Gantry may read exactly the granted Secrets (by name) to
+/// mask their values in job logs, and no other Secret.
+#[tokio::test]
+async fn granted_secrets_and_only_those_can_be_read_for_the_masker() {
+    let c = cluster();
+    let account = chart_account(
+        &c,
+        "rbac-grants",
+        &[
+            "config.grants[0].secret=registry-push",
+            "config.grants[0].repos={acme/*}",
+        ],
+    )
+    .await;
+    let admin = c.admin().await;
+    let secrets: Api<Secret> = Api::namespaced(admin, &account.build_ns);
+    for (name, value) in [
+        ("registry-push", "s3cr3t-push-token"),
+        ("not-granted", "other-value"),
+    ] {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            string_data: Some(BTreeMap::from([("value".to_owned(), value.to_owned())])),
+            ..Secret::default()
+        };
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    let values = KubeSecretValues::new(account.gantry.clone(), &account.build_ns);
+    let granted = values.value("registry-push", "value").await;
+    assert_eq!(
+        granted.as_ref().map(|s| s.expose()),
+        Some("s3cr3t-push-token"),
+        "a granted Secret's value reaches the masker"
+    );
+    assert!(values.value("registry-push", "no-such-key").await.is_none());
+    assert!(
+        values.value("not-granted", "value").await.is_none(),
+        "a Secret that is not granted stays unread"
+    );
+    forbidden(
+        "get a Secret that is not granted",
+        Api::<Secret>::namespaced(account.gantry.clone(), &account.build_ns)
+            .get("not-granted")
+            .await,
+    );
+    forbidden(
+        "list secrets",
+        Api::<Secret>::namespaced(account.gantry, &account.build_ns)
+            .list(&ListParams::default())
             .await,
     );
 }
