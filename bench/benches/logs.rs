@@ -112,39 +112,73 @@ async fn view(addr: SocketAddr, path: String) -> Viewer {
         }
         chunk.resize(n + 2, 0);
         reader.read_exact(&mut chunk).await.unwrap();
-        pending.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
-        let mut used = 0;
-        while let Some(end) = pending[used..].find("\n\n") {
-            let block = &pending[used..used + end + 2];
-            used += end + 2;
-            if block.contains("event: end") {
-                return v;
+        let text = std::str::from_utf8(&chunk[..n]).unwrap();
+        // An HTTP chunk is usually one whole event: read it in place.
+        let taken = if pending.is_empty() {
+            let taken = v.take_events(text);
+            if let Some(t) = taken {
+                pending.push_str(&text[t..]);
             }
-            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                continue;
-            };
-            let id = block
-                .lines()
-                .find_map(|l| l.strip_prefix("id: "))
-                .and_then(|id| id.parse::<u64>().ok());
-            let lines: Vec<LineRef<'_>> = serde_json::from_str(data).unwrap();
-            v.events += 1;
-            v.in_order &= id == lines.last().map(|l| l.number);
-            let now = chrono::Utc::now();
-            for l in lines {
-                v.received += 1;
-                v.in_order &= l.number == v.received;
-                if l.number % 16 == 0 {
-                    let at = chrono::DateTime::parse_from_rfc3339(l.at).unwrap();
-                    let us = (now - at.with_timezone(&chrono::Utc))
-                        .num_microseconds()
-                        .unwrap_or(0)
-                        .max(0);
-                    v.latencies_us.push(us as u64);
+            taken
+        } else {
+            pending.push_str(text);
+            let taken = v.take_events(&pending);
+            if let Some(t) = taken {
+                pending.drain(..t);
+            }
+            taken
+        };
+        if taken.is_none() {
+            return v;
+        }
+    }
+}
+
+impl Viewer {
+    /// Takes the complete events at the start of `text`: the bytes taken, `None` at
+    /// `event: end`. One pass over the text, line by line.
+    fn take_events(&mut self, text: &str) -> Option<usize> {
+        let (mut taken, mut at) = (0, 0);
+        let (mut event, mut id, mut data) = ("", None, None);
+        while let Some(nl) = text[at..].find('\n') {
+            let field = &text[at..at + nl];
+            at += nl + 1;
+            if let Some(v) = field.strip_prefix("event: ") {
+                event = v;
+            } else if let Some(v) = field.strip_prefix("id: ") {
+                id = v.parse::<u64>().ok();
+            } else if let Some(v) = field.strip_prefix("data: ") {
+                data = Some(v);
+            } else if field.is_empty() {
+                match (event, data) {
+                    ("end", _) => return None,
+                    ("lines", Some(data)) => self.lines(id, data),
+                    _ => {}
                 }
+                (event, id, data) = ("", None, None);
+                taken = at;
             }
         }
-        pending.drain(..used);
+        Some(taken)
+    }
+
+    fn lines(&mut self, id: Option<u64>, data: &str) {
+        let lines: Vec<LineRef<'_>> = serde_json::from_str(data).unwrap();
+        self.events += 1;
+        self.in_order &= id == lines.last().map(|l| l.number);
+        let now = chrono::Utc::now();
+        for l in lines {
+            self.received += 1;
+            self.in_order &= l.number == self.received;
+            if l.number % 16 == 0 {
+                let at = chrono::DateTime::parse_from_rfc3339(l.at).unwrap();
+                let us = (now - at.with_timezone(&chrono::Utc))
+                    .num_microseconds()
+                    .unwrap_or(0)
+                    .max(0);
+                self.latencies_us.push(us as u64);
+            }
+        }
     }
 }
 

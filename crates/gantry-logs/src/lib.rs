@@ -7,13 +7,15 @@
 //! 3. the live hub, which tells viewers that line `n` exists.
 //!
 //! Viewers [`Logs::follow`] a step from any line number: they read what is stored, then wait
-//! for more. A viewer that falls behind reads from the store, so it never slows ingestion or
+//! for more. A viewer that falls behind reads from the store (in pages shared by the viewers
+//! behind, so a crowd of them reads and encodes each line once), so it never slows ingestion or
 //! the other viewers, and since every line has a number a resumed viewer gets no gap and no
 //! duplicate. Memory per step is a bounded ring of recent lines, whatever the log's size.
 
 mod archive;
 mod hub;
 mod mask;
+mod pages;
 mod split;
 mod store;
 
@@ -50,7 +52,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Lines handed to a viewer at once, at most.
-pub const FOLLOW_BATCH: usize = 512;
+pub const FOLLOW_BATCH: usize = 1000;
 /// Bytes read from the store for one page, at most (past the first line).
 pub const PAGE_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -78,6 +80,8 @@ struct Inner {
     /// This process writes the store: it may repair steps after a crash and apply retention.
     /// Off on a replica that does not run the engine (see [`Logs::set_writer`]).
     writer: std::sync::atomic::AtomicBool,
+    /// What viewers behind the ring read from the store, shared between them.
+    pages: pages::SharedPages,
 }
 
 /// The log service: masking, storing, fan-out and reading. Cheap to clone.
@@ -109,6 +113,7 @@ impl Logs {
             maskers: Mutex::default(),
             archive: None,
             writer: std::sync::atomic::AtomicBool::new(true),
+            pages: pages::SharedPages::default(),
         })))
     }
 
@@ -304,20 +309,27 @@ impl Logs {
     /// Lines `from..` of a step, at most `limit`.
     pub async fn read(&self, key: StepKey, from: u64, limit: usize) -> Result<LogPage> {
         let progress = self.progress(key).await?;
-        let this = self.clone();
-        let lines = if self.0.store.exists(key) || self.0.archive.is_none() {
-            tokio::task::spawn_blocking(move || this.0.store.read(key, from, limit, PAGE_BYTES))
-                .await
-                .map_err(|e| Error::Io(io::Error::other(e)))??
-        } else {
-            let archive = self.0.archive.clone().expect("checked above");
-            archive::read_archived(&*archive, key, from, limit, PAGE_BYTES).await?
-        };
+        let lines = self.read_lines(key, from, limit).await?;
         Ok(LogPage {
             lines,
             total: progress.lines,
             complete: progress.closed,
         })
+    }
+
+    /// Lines `from..` of a step, at most `limit` (and [`PAGE_BYTES`]), from the local store or
+    /// the archive.
+    async fn read_lines(&self, key: StepKey, from: u64, limit: usize) -> Result<Vec<StoredLine>> {
+        if self.0.store.exists(key) || self.0.archive.is_none() {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.0.store.read(key, from, limit, PAGE_BYTES))
+                .await
+                .map_err(|e| Error::Io(io::Error::other(e)))?
+                .map_err(Error::Io)
+        } else {
+            let archive = self.0.archive.clone().expect("checked above");
+            archive::read_archived(&*archive, key, from, limit, PAGE_BYTES).await
+        }
     }
 
     /// Lines matching `needle` (ASCII case-insensitive) from line `from`, at most `limit`.
@@ -387,6 +399,8 @@ impl Logs {
             next: u64,
             until_idle: bool,
             done: bool,
+            /// The step's log is complete with this many lines: no need to look again.
+            complete: Option<u64>,
         }
         let state = State {
             logs: self.clone(),
@@ -394,6 +408,7 @@ impl Logs {
             next: from.max(1),
             until_idle,
             done: false,
+            complete: None,
         };
         futures::stream::unfold(state, |mut st| async move {
             if st.done {
@@ -408,23 +423,35 @@ impl Logs {
                         let p = *rx.borrow_and_update();
                         (p, Some(rx))
                     }
-                    None => match st.logs.progress(st.key).await {
-                        Ok(mut p) => {
-                            p.closed |= st.until_idle;
-                            (p, None)
-                        }
-                        Err(e) => {
-                            st.done = true;
-                            return Some((Err(e), st));
-                        }
+                    None => match st.complete {
+                        Some(lines) => (
+                            Progress {
+                                lines,
+                                closed: true,
+                            },
+                            None,
+                        ),
+                        None => match st.logs.progress(st.key).await {
+                            Ok(mut p) => {
+                                if p.closed {
+                                    st.complete = Some(p.lines);
+                                }
+                                p.closed |= st.until_idle;
+                                (p, None)
+                            }
+                            Err(e) => {
+                                st.done = true;
+                                return Some((Err(e), st));
+                            }
+                        },
                     },
                 };
                 if st.next <= progress.lines {
                     let ring = live.as_ref().and_then(|l| l.recent(st.next, FOLLOW_BATCH));
                     let batch = match ring {
                         Some(batch) => batch,
-                        None => match st.logs.read(st.key, st.next, FOLLOW_BATCH).await {
-                            Ok(page) => page.lines.into_iter().map(SharedLine::new).collect(),
+                        None => match st.logs.0.pages.lines_from(&st.logs, st.key, st.next).await {
+                            Ok(lines) => lines,
                             Err(e) => {
                                 st.done = true;
                                 return Some((Err(e), st));

@@ -7,7 +7,6 @@
 //! the lines after it.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -201,18 +200,16 @@ fn event_runs(lines: &[Arc<SharedLine>]) -> impl Iterator<Item = &[Arc<SharedLin
 /// JSON is made once for every viewer ([`SharedLine::json`]); this only copies it.
 fn lines_event(run: &[Arc<SharedLine>]) -> Event {
     let last = run.last().map_or(0, |l| l.line.number);
-    let mut data = Event::default()
+    let mut data = String::with_capacity(run.iter().map(|l| l.json().len() + 1).sum::<usize>() + 1);
+    for l in run {
+        data.push(if data.is_empty() { '[' } else { ',' });
+        data.push_str(l.json());
+    }
+    data.push(']');
+    Event::default()
         .event("lines")
         .id(last.to_string())
-        .into_data_writer();
-    let mut sep = '[';
-    for l in run {
-        let _ = data.write_char(sep);
-        let _ = data.write_str(l.json());
-        sep = ',';
-    }
-    let _ = data.write_char(']');
-    data.into_event()
+        .data(data)
 }
 
 /// `GET …/log/follow`: every line from `from` (or after `Last-Event-ID`) as it is stored, in
