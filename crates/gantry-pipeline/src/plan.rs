@@ -194,7 +194,7 @@ fn job_spec(
         .steps
         .iter()
         .filter(|s| s.when.excludes(ctx.trigger).is_none())
-        .map(|s| step_spec(s, &scope, matrix))
+        .map(|s| step_spec(s, &scope, matrix, ctx.trigger.secrets_allowed()))
         .collect();
     JobSpec {
         name: name.to_owned(),
@@ -210,11 +210,15 @@ fn job_spec(
     }
 }
 
+/// `secrets_allowed`: false for a pull request from a fork, whose steps then name no Secret
+/// (registry credentials, push tokens) either.
 fn step_spec(
     step: &Step,
     job_scope: &BTreeMap<String, String>,
     matrix: &[(String, String)],
+    secrets_allowed: bool,
 ) -> StepSpec {
+    let secret = |name: &Option<String>| name.clone().filter(|_| secrets_allowed);
     let scope = expand_env(&step.env, job_scope, matrix);
     let x = |text: &str| vars::expand(text, &|n| lookup(n, &scope, matrix));
     let xo = |text: &Option<String>| text.as_deref().map(x);
@@ -234,13 +238,13 @@ fn step_spec(
             cache: k.cache,
             cache_repo: xo(&k.cache_repo),
             target: xo(&k.target),
-            registry_secret: k.registry_secret.clone(),
+            registry_secret: secret(&k.registry_secret),
         }),
         StepKind::Trivy(t) => StepKind::Trivy(TrivyStep {
             image: x(&t.image),
             severity: t.severity.clone(),
             ignore_unfixed: t.ignore_unfixed,
-            registry_secret: t.registry_secret.clone(),
+            registry_secret: secret(&t.registry_secret),
         }),
         StepKind::Gitops(g) => StepKind::Gitops(GitopsStep {
             repo: x(&g.repo),
@@ -250,7 +254,7 @@ fn step_spec(
             tag: x(&g.tag),
             yaml_path: xo(&g.yaml_path),
             message: xo(&g.message),
-            token_secret: g.token_secret.clone(),
+            token_secret: secret(&g.token_secret),
         }),
     };
     let name = match &step.name {

@@ -230,6 +230,8 @@ fn secrets_shorthand_and_full_form() {
     // Pull requests from forks get no secrets.
     let fork = plan_for(&p, &pull_request("f", "main", true));
     assert!(fork.jobs[0].spec.secrets.is_empty());
+    let same_repo = plan_for(&p, &pull_request("f", "main", false));
+    assert_eq!(same_repo.jobs[0].spec.secrets.len(), 3);
     assert!(
         error("jobs:\n  a:\n    secrets: [a, a]\n    steps: [ { run: x } ]\n")
             .contains("two secrets set `A`")
@@ -281,4 +283,40 @@ fn errors_are_all_reported_with_positions() {
     let text = err.to_string();
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.lines().all(|l| l.starts_with("t.yaml:")));
+}
+
+/// Steps name Secrets too (registry credentials, a push token): a pull request from a fork gets
+/// none of them either, while a branch of the repository keeps them.
+#[test]
+fn fork_pull_requests_get_no_step_secrets_either() {
+    let p = parse(
+        "jobs:\n  release:\n    steps:\n\
+         \x20     - kaniko: { destination: \"r.example/app:1\", registry_secret: registry-push }\n\
+         \x20     - trivy: { image: \"r.example/app:1\", registry_secret: registry-pull }\n\
+         \x20     - gitops: { repo: \"https://git.example/config.git\", path: apps/app, image: r.example/app, tag: \"1\", token_secret: config-token }\n",
+    );
+    let names = |plan: &gantry_pipeline::Plan| -> Vec<Option<String>> {
+        plan.jobs[0]
+            .spec
+            .steps
+            .iter()
+            .map(|s| match &s.kind {
+                gantry_core::StepKind::Kaniko(k) => k.registry_secret.clone(),
+                gantry_core::StepKind::Trivy(t) => t.registry_secret.clone(),
+                gantry_core::StepKind::Gitops(g) => g.token_secret.clone(),
+                gantry_core::StepKind::Run { .. } => None,
+            })
+            .collect()
+    };
+    let own = plan_for(&p, &pull_request("f", "main", false));
+    assert_eq!(
+        names(&own),
+        [
+            Some("registry-push".to_owned()),
+            Some("registry-pull".to_owned()),
+            Some("config-token".to_owned())
+        ]
+    );
+    let fork = plan_for(&p, &pull_request("f", "main", true));
+    assert_eq!(names(&fork), [None, None, None]);
 }
