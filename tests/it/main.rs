@@ -1,5 +1,6 @@
 //! System tests: the real `gantry` binary, run as a user would, against real git repositories.
 
+mod chart;
 mod cli_lint;
 mod cli_run;
 mod examples;
