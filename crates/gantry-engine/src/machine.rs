@@ -489,11 +489,13 @@ impl Inner {
 
     /// Starts queued attempts, first in first out, while the limits allow.
     pub(crate) async fn schedule(&self, active: &mut Active) -> Result<()> {
-        let queue = self.store.queue().await?;
-        if queue.is_empty() {
+        // Every slot taken (the usual case with a backlog): the queue, which grows with the
+        // backlog, is not read at all.
+        let (mut total, mut by_repo) = self.store.running_counts().await?;
+        if total >= self.config.max_running_jobs as u64 {
             return Ok(());
         }
-        let (mut total, mut by_repo) = self.store.running_counts().await?;
+        let queue = self.store.queue().await?;
         for entry in queue {
             if self.token.is_cancelled() || total >= self.config.max_running_jobs as u64 {
                 break;
