@@ -262,9 +262,12 @@ async fn forged_and_malformed_webhooks_are_refused_without_a_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_run_reaches_a_true_final_state_after_a_hard_kill() {
     let daemon = GitDaemon::start();
-    let (slow_repo, slow_sha) = repo_with(
-        "name: ci\njobs:\n  slow:\n    steps:\n      - name: sleep\n        run: echo started-sleeping; sleep 30\n",
-    );
+    // The step's processes outlive the killed server; the restarted one must stop them. A
+    // sleep of a length no other test uses tells them apart in /proc.
+    let marker = unique_sleep();
+    let (slow_repo, slow_sha) = repo_with(&format!(
+        "name: ci\njobs:\n  slow:\n    steps:\n      - name: sleep\n        run: echo started-sleeping; sleep {marker}\n",
+    ));
     let slow_url = daemon.publish(&slow_repo, "slow.git");
     let (quick_repo, quick_sha) = repo_with(TWO_JOBS);
     let quick_url = daemon.publish(&quick_repo, "quick.git");
@@ -296,9 +299,19 @@ async fn every_run_reaches_a_true_final_state_after_a_hard_kill() {
     assert_eq!(queued["jobs"][0]["status"], "queued", "{queued:#}");
     assert_eq!(queued["jobs"][0]["queue_position"], 1, "{queued:#}");
 
+    eventually(Duration::from_secs(10), "the slow step to run", || async {
+        (!processes_with(&marker).is_empty()).then_some(())
+    })
+    .await;
     gantry.kill_hard();
     let gantry = Gantry::start(data.path(), &github.url, &limits);
 
+    eventually(
+        Duration::from_secs(5),
+        "the killed server's step processes to be stopped",
+        || async { processes_with(&marker).is_empty().then_some(()) },
+    )
+    .await;
     let slow = final_run(&gantry, &slow_run).await;
     assert_eq!(
         slow["status"], "error",
@@ -334,6 +347,52 @@ async fn every_run_reaches_a_true_final_state_after_a_hard_kill() {
         },
     )
     .await;
+    // Both workspaces are gone: the quick job's when it ended, the slow one's at the restart.
+    let work = data.path().join("work");
+    eventually(
+        Duration::from_secs(10),
+        "an empty work directory",
+        || async {
+            let left: Vec<_> = std::fs::read_dir(&work)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            left.is_empty().then_some(())
+        },
+    )
+    .await;
+}
+
+/// `30.` and six digits from the clock: a `sleep` argument to find a step's processes by.
+fn unique_sleep() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("30.{:06}", nanos / 1000)
+}
+
+/// The live processes (not zombies) whose command line contains `needle`, as `pid: cmdline`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        // A zombie's command line reads as empty, so it is never found.
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
 }
 
 fn auth(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

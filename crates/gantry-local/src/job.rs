@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use gantry_core::{
     EventSender, JobEvent, JobEventKind, JobId, JobRequest, LogLine, State, StepKind, StepOutcome,
@@ -12,6 +13,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::leftovers::{AttemptRecord, Owner};
 use crate::process::{self, Capture, Ending, Output, Stop, Timeout};
 use crate::workspace::{self, Workspace};
 use crate::{Error, LocalConfig, gitops, tools};
@@ -177,9 +179,12 @@ impl Output for StepLog<'_> {
     }
 }
 
+/// Runs the attempt to its end. With an `owner`, its running processes are recorded beside its
+/// workspace (see [`crate::leftovers`]).
 pub(crate) async fn run(
     job: JobRequest,
     config: &LocalConfig,
+    owner: Option<&Owner>,
     tx: EventSender,
     cancel: watch::Receiver<bool>,
 ) {
@@ -190,6 +195,27 @@ pub(crate) async fn run(
         attempt: job.attempt,
         numbers: HashMap::new(),
     };
+    let workspace = match Workspace::create(config.work_root.as_deref(), config.keep_workspaces) {
+        Ok(workspace) => workspace,
+        Err(e) => {
+            finish_before_start(&mut events, e).await;
+            return;
+        }
+    };
+    let record = owner.and_then(|owner| {
+        let keep = config.keep_workspaces;
+        AttemptRecord::create(owner, workspace.path(), job.job_id, job.attempt, keep)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    job = %job.job_id,
+                    attempt = job.attempt,
+                    error = %e,
+                    "cannot record the attempt's processes: should Gantry die, they will not be stopped"
+                );
+            })
+            .ok()
+            .map(Arc::new)
+    });
     let stop = Stop {
         deadline: job
             .spec
@@ -197,13 +223,7 @@ pub(crate) async fn run(
             .map(|limit| (started + limit, Timeout::Job(limit))),
         cancel,
         events: tx,
-    };
-    let workspace = match Workspace::create(config.work_root.as_deref(), config.keep_workspaces) {
-        Ok(workspace) => workspace,
-        Err(e) => {
-            finish_before_start(&mut events, e).await;
-            return;
-        }
+        record,
     };
     let (state, reason) = match workspace::check_out(workspace.path(), &job.checkout, &stop).await {
         Ok(()) => {
@@ -218,6 +238,8 @@ pub(crate) async fn run(
             .system(0, format!("workspace kept at {}", kept.display()))
             .await;
     }
+    // The last holder of the record: nothing of the attempt is left to stop or remove.
+    drop(stop);
     events.send(JobEventKind::Finished { state, reason }).await;
 }
 

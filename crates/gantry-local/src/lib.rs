@@ -9,10 +9,22 @@
 //!
 //! An attempt whose event receiver is dropped is treated as cancelled: nobody can learn what it
 //! does, so its processes are stopped and its workspace removed.
+//!
+//! A Gantry process that is killed (SIGKILL, a crash) cannot stop its steps' process groups.
+//! So each attempt keeps a record beside its workspace, `<work root>/gantry-job-XXXX.running`,
+//! naming this Gantry process and the process groups it has running (pgid and start time, so a
+//! recycled pid is never mistaken for them). A new backend on the same work root
+//! ([`LocalBackend::new`]) looks for records whose Gantry process is gone, stops their groups
+//! (SIGTERM, a grace, SIGKILL) if they are still the recorded processes, and removes the records
+//! and the workspaces; each is logged as a warning. Records of a Gantry that still runs (another
+//! replica on the same data directory, a concurrent `gantry run`), of another machine, pid
+//! namespace or user are left alone. Linux only: without `/proc` nothing is recorded.
 
 mod gitops;
 mod job;
+mod leftovers;
 mod process;
+mod procfs;
 mod tools;
 mod workspace;
 
@@ -47,20 +59,64 @@ impl Default for LocalConfig {
 
 type Attempts = Arc<Mutex<HashMap<(JobId, u32), watch::Sender<bool>>>>;
 
+/// How far the clean-up of what a dead Gantry process left in the work root has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Cleanup {
+    Running,
+    /// Its processes are stopped; workspaces may still be being removed.
+    Stopped,
+    Done,
+}
+
 /// Runs jobs as child processes on this machine.
 #[derive(Clone, Debug)]
 pub struct LocalBackend {
     config: Arc<LocalConfig>,
+    /// This process, as the records of running attempts name it.
+    owner: Option<Arc<leftovers::Owner>>,
     /// Attempts under way, with the switch that cancels each.
     running: Attempts,
+    cleanup: watch::Receiver<Cleanup>,
 }
 
 impl LocalBackend {
+    /// A backend whose workspaces go under `config.work_root`. It starts (on a thread of its
+    /// own) stopping the processes and removing the workspaces that a Gantry process that died
+    /// left there; jobs it is given meanwhile wait until those processes are gone.
     pub fn new(config: LocalConfig) -> Self {
+        let owner = leftovers::Owner::current().map(Arc::new);
+        let (progress, cleanup) = watch::channel(Cleanup::Running);
+        match &owner {
+            None => {
+                tracing::debug!("no /proc: processes are not recorded, leftovers not cleaned");
+                progress.send_replace(Cleanup::Done);
+            }
+            Some(owner) => {
+                let root = config.work_root.clone().unwrap_or_else(std::env::temp_dir);
+                let owner = Arc::clone(owner);
+                // A failure to spawn drops `progress`, which waiters take as done.
+                let _ = std::thread::Builder::new()
+                    .name("gantry-leftovers".into())
+                    .spawn(move || {
+                        leftovers::clean_up(&root, &owner, || {
+                            progress.send_replace(Cleanup::Stopped);
+                        });
+                        progress.send_replace(Cleanup::Done);
+                    });
+            }
+        }
         Self {
             config: Arc::new(config),
+            owner,
             running: Arc::default(),
+            cleanup,
         }
+    }
+
+    /// Waits until what Gantry processes that died left in the work root is cleaned up: their
+    /// processes stopped, their workspaces removed (see the crate docs).
+    pub async fn leftovers_cleaned(&self) {
+        wait_for(self.cleanup.clone(), Cleanup::Done).await;
     }
 
     pub fn config(&self) -> &LocalConfig {
@@ -77,6 +133,11 @@ impl Default for LocalBackend {
     fn default() -> Self {
         Self::new(LocalConfig::default())
     }
+}
+
+async fn wait_for(mut cleanup: watch::Receiver<Cleanup>, stage: Cleanup) {
+    // An error means the clean-up is over (its thread ended or never started).
+    let _ = cleanup.wait_for(|now| *now >= stage).await;
 }
 
 fn lock(
@@ -105,11 +166,15 @@ impl Backend for LocalBackend {
             running.insert(key, cancel_tx);
         }
         let config = Arc::clone(&self.config);
+        let owner = self.owner.clone();
         let running = Arc::clone(&self.running);
+        let cleanup = self.cleanup.clone();
         tokio::spawn(async move {
             // Unregisters the attempt however the task ends.
             let _registered = Registered { running, key };
-            job::run(job, &config, events, cancel_rx).await;
+            // A dead Gantry's processes may hold what this job needs (a port, a lock).
+            wait_for(cleanup, Cleanup::Stopped).await;
+            job::run(job, &config, owner.as_deref(), events, cancel_rx).await;
         });
         Ok(())
     }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_core::{EventSender, Stream};
@@ -16,6 +17,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
+
+use crate::leftovers::{AttemptRecord, Tracked};
 
 /// Longest line passed on whole; longer ones are split so a newline-free stream cannot grow
 /// memory without bound.
@@ -60,12 +63,14 @@ pub(crate) fn human(d: Duration) -> String {
 }
 
 /// What stops a process early: a deadline, a cancel of the attempt, or nobody listening to the
-/// attempt's events any more (then the work is pointless).
+/// attempt's events any more (then the work is pointless); and, should this Gantry process die
+/// first, the record a later one stops the attempt's processes by.
 #[derive(Clone, Debug)]
 pub(crate) struct Stop {
     pub deadline: Option<(Instant, Timeout)>,
     pub cancel: watch::Receiver<bool>,
     pub events: EventSender,
+    pub record: Option<Arc<AttemptRecord>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,7 +204,9 @@ pub(crate) async fn run<O: Output>(mut command: Command, out: &mut O, stop: &Sto
     let Some(pid) = child.id() else {
         return Ending::Failed("the process vanished as it started".into());
     };
-    let group = ProcessGroup::new(pid);
+    // Recorded before anything can wait for (and so reap) the leader.
+    let tracked = stop.record.as_ref().and_then(|record| record.track(pid));
+    let group = ProcessGroup::new(pid, tracked);
 
     let (tx, mut lines) = mpsc::channel(256);
     let readers: Vec<JoinHandle<()>> = [
@@ -311,18 +318,20 @@ fn signal_name(signal: i32) -> String {
 }
 
 /// A process group we started. Dropped while armed (a task aborted mid-step), it kills the
-/// group, so nothing outlives the attempt.
+/// group, so nothing outlives the attempt; then it leaves the attempt's record.
 #[derive(Debug)]
 struct ProcessGroup {
     pgid: Pid,
     armed: bool,
+    _tracked: Option<Tracked>,
 }
 
 impl ProcessGroup {
-    fn new(leader: u32) -> Self {
+    fn new(leader: u32, tracked: Option<Tracked>) -> Self {
         Self {
             pgid: Pid::from_raw(leader as i32),
             armed: true,
+            _tracked: tracked,
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod checkout;
 mod gitops;
+mod leftovers;
 mod output;
 mod steps;
 mod stopping;
