@@ -162,6 +162,38 @@ impl GithubClient {
             .map(drop)
     }
 
+    /// This App's latest check run named like the status on its commit, if any (a run an
+    /// earlier Gantry process began, so that a restart updates it instead of adding another).
+    async fn find_check_run(
+        &self,
+        owner: &str,
+        name: &str,
+        status: &CommitStatus,
+    ) -> Result<Option<u64>, ForgeError> {
+        let GithubAuth::App(app) = &self.auth else {
+            return Ok(None);
+        };
+        let mut url = self.url(["repos", owner, name, "commits", &status.sha, "check-runs"]);
+        url.query_pairs_mut()
+            .append_pair("check_name", &status.context)
+            .append_pair("app_id", &app.app_id().to_string())
+            .append_pair("filter", "latest");
+        #[derive(Deserialize)]
+        struct Found {
+            id: u64,
+        }
+        #[derive(Deserialize)]
+        struct Listed {
+            check_runs: Vec<Found>,
+        }
+        let response = self.send(owner, name, |http| http.get(url), JSON).await;
+        let Some(response) = api::found(response)? else {
+            return Ok(None);
+        };
+        let listed: Listed = api::json(FORGE, response).await?;
+        Ok(listed.check_runs.first().map(|r| r.id))
+    }
+
     async fn put_check_run(&self, repo: &RepoRef, status: &CommitStatus) -> Result<(), ForgeError> {
         let (owner, name) = api::owner_name(FORGE, &repo.full_name)?;
         let key = (
@@ -182,12 +214,17 @@ impl GithubClient {
                 summary: &status.description,
             },
         };
-        let known = self
+        let cached = self
             .runs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
             .copied();
+        // Not reported by this process yet: after a restart the run may exist already.
+        let known = match cached {
+            Some(id) => Some(id),
+            None => self.find_check_run(owner, name, status).await?,
+        };
         if let Some(id) = known {
             let url = self.url(["repos", owner, name, "check-runs", &id.to_string()]);
             let patched = self
@@ -195,6 +232,10 @@ impl GithubClient {
                 .await;
             // A run deleted meanwhile (404) is begun anew below.
             if api::found(patched)?.is_some() {
+                self.runs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key, id);
                 return Ok(());
             }
         }

@@ -337,10 +337,29 @@ async fn tokens_appear_in_no_debug_output_or_error() {
     assert!(!shown.contains("SECRET_TOKEN"), "{shown}");
 }
 
-/// A GitHub API for an App: installation lookup, token exchange, statuses, check runs.
+/// A GitHub API for an App: installation lookup, token exchange, statuses, check runs (none
+/// yet on the commit).
 fn app_api(expires_in: i64, counter: Arc<AtomicUsize>) -> impl Fn(&Request) -> Reply {
+    app_api_with_runs(expires_in, counter, &[])
+}
+
+/// [`app_api`] where the commit already has check runs with `existing` ids (an earlier Gantry
+/// process began them).
+fn app_api_with_runs(
+    expires_in: i64,
+    counter: Arc<AtomicUsize>,
+    existing: &[u64],
+) -> impl Fn(&Request) -> Reply {
+    let listed = json!({
+        "total_count": existing.len(),
+        "check_runs": existing.iter().map(|id| json!({"id": id})).collect::<Vec<_>>(),
+    });
     move |r| {
         let n = counter.fetch_add(1, Ordering::SeqCst);
+        let path = r.target.split('?').next().unwrap_or_default();
+        if r.method == "GET" && path == format!("/repos/acme/app/commits/{SHA}/check-runs") {
+            return Reply::json(200, listed.clone());
+        }
         match (r.method.as_str(), r.target.as_str()) {
             ("GET", "/repos/acme/app/installation") => Reply::json(200, json!({"id": 42})),
             ("POST", "/app/installations/42/access_tokens") => {
@@ -413,10 +432,18 @@ async fn a_github_app_exchanges_a_jwt_for_a_cached_installation_token_and_report
             "GET /repos/acme/app/installation",
             "POST /app/installations/42/access_tokens",
             &format!("POST /repos/acme/app/statuses/{SHA}"),
+            &format!("GET /repos/acme/app/commits/{SHA}/check-runs"),
             "POST /repos/acme/app/check-runs",
             &format!("POST /repos/acme/app/statuses/{SHA}"),
             "PATCH /repos/acme/app/check-runs/7",
         ]
+    );
+    let lookup = &requests[3].target;
+    assert!(
+        lookup.contains("check_name=gantry%2Fci%2Ftest")
+            && lookup.contains("app_id=12345")
+            && lookup.contains("filter=latest"),
+        "{lookup}"
     );
     check_jwt(requests[0].header("authorization").unwrap());
     check_jwt(requests[1].header("authorization").unwrap());
@@ -425,10 +452,10 @@ async fn a_github_app_exchanges_a_jwt_for_a_cached_installation_token_and_report
         Some("Bearer ghs_installation_1")
     );
     assert_eq!(
-        requests[5].header("authorization"),
+        requests[6].header("authorization"),
         Some("Bearer ghs_installation_1")
     );
-    let created = requests[3].json();
+    let created = requests[4].json();
     assert_eq!(created["name"], "gantry/ci/test");
     assert_eq!(created["head_sha"], SHA);
     assert_eq!(created["status"], "in_progress");
@@ -437,10 +464,42 @@ async fn a_github_app_exchanges_a_jwt_for_a_cached_installation_token_and_report
         created["details_url"],
         "https://gantry.example.com/runs/1/jobs/test"
     );
-    let patched = requests[5].json();
+    let patched = requests[6].json();
     assert_eq!(
         (patched["status"].as_str(), patched["conclusion"].as_str()),
         (Some("completed"), Some("success"))
+    );
+}
+
+/// After a restart the client knows no check run: it finds the one an earlier process began
+/// on the commit and updates it, instead of adding a second one to the pull request.
+#[tokio::test]
+async fn a_restarted_github_app_client_updates_the_check_run_it_began_before() {
+    let server = MockServer::start(app_api_with_runs(3600, Arc::default(), &[7])).await;
+    let client = GithubClient::new(&server.url, GithubAuth::App(app())).unwrap();
+    let repo = repo(ForgeKind::Github, "acme/app");
+    client
+        .report_status(&repo, &status(CommitState::Success))
+        .await
+        .unwrap();
+    client
+        .report_status(&repo, &status(CommitState::Success))
+        .await
+        .unwrap();
+    let calls: Vec<String> = server
+        .requests()
+        .iter()
+        .filter(|r| r.target.contains("check-runs"))
+        .map(|r| format!("{} {}", r.method, r.target.split('?').next().unwrap()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            format!("GET /repos/acme/app/commits/{SHA}/check-runs"),
+            "PATCH /repos/acme/app/check-runs/7".to_owned(),
+            "PATCH /repos/acme/app/check-runs/7".to_owned(),
+        ],
+        "one lookup, then the known run is updated; never a second run"
     );
 }
 
