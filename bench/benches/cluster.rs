@@ -15,10 +15,17 @@
 //! the difference divided by the jobs is the memory per running job. Jobs: a `clone` init
 //! container (100 ms) and one step held running until every job has started; then every job
 //! is cancelled (the pod deleted) and the side waits until all pods are gone.
+//! Results: `target/gantry-bench/cluster.json` (requests by verb and by answer, the machine,
+//! the cluster), rendered into docs/benchmarks.md by `bench-report`.
 //! Environment: GANTRY_BENCH_CLUSTER_SIZES (default "100,1000"), GANTRY_BENCH_CLUSTER_TIMEOUT
 //! (seconds per side and size, default 300).
+//!
+//! kwok serves a followed log with one inotify instance per stream, and its 3 nodes are one
+//! process: beyond `fs.inotify.max_user_instances` (often 128) concurrent follows, opening a
+//! step's log is answered 400 `too many open files`. The limit is recorded with the results
+//! (and a warning printed) because Gantry then retries those opens, which shows in its requests.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -139,6 +146,8 @@ fn step_running(pod: &Pod) -> bool {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Side {
     jobs: usize,
+    /// Jobs whose step was seen running before the time limit.
+    started: usize,
     /// From the first create to the last step seen running.
     start_seconds: f64,
     starts_per_second: f64,
@@ -226,6 +235,7 @@ fn side(
 ) -> Side {
     Side {
         jobs: n,
+        started,
         start_seconds,
         starts_per_second: started as f64 / start_seconds,
         rss_before_kib: rss_before,
@@ -236,34 +246,30 @@ fn side(
     }
 }
 
+/// The Pod Gantry creates for `job`, with the bench's annotations.
+fn reference_pod(job: &JobRequest, config: &KubeConfig) -> Pod {
+    let mut pod = render(
+        job,
+        config,
+        &RenderOptions {
+            origin: PullRequestOrigin::None,
+            clone_credentials: false,
+        },
+    )
+    .unwrap()
+    .pod;
+    pod.metadata
+        .annotations
+        .get_or_insert_default()
+        .extend(config.pod_annotations.clone());
+    pod
+}
+
 /// The reference: the same rendered Pods created with kube-rs, one watcher, deleted.
 async fn reference_side(token: &str, namespace: &str, n: usize, timeout: Duration) -> Side {
     let client = client(token).await;
     let pods: Api<Pod> = Api::namespaced(client, namespace);
     let config = kube_config(namespace);
-    let rendered: Vec<Pod> = (0..n)
-        .map(|_| {
-            let mut pod = render(
-                &job(),
-                &config,
-                &RenderOptions {
-                    origin: PullRequestOrigin::None,
-                    clone_credentials: false,
-                },
-            )
-            .unwrap()
-            .pod;
-            pod.metadata
-                .annotations
-                .get_or_insert_default()
-                .extend(config.pod_annotations.clone());
-            pod
-        })
-        .collect();
-    let names: HashSet<String> = rendered
-        .iter()
-        .map(|p| p.metadata.name.clone().unwrap())
-        .collect();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watch = {
         let pods = pods.clone();
@@ -286,13 +292,21 @@ async fn reference_side(token: &str, namespace: &str, n: usize, timeout: Duratio
     }
     let rss_before = rss_kib();
     let t0 = Instant::now();
+    // Like Gantry's side: the jobs are made after the baseline, and each Pod is rendered when
+    // it is created (rendered up front, 1,000 Pods sat in the baseline).
+    let jobs: Vec<JobRequest> = (0..n).map(|_| job()).collect();
+    let names: HashSet<String> = jobs
+        .iter()
+        .map(|j| names::pod_name(j.job_id, j.attempt))
+        .collect();
     let creator = {
         let pods = pods.clone();
         tokio::spawn(async move {
-            futures::stream::iter(rendered)
-                .map(|p| {
+            futures::stream::iter(jobs)
+                .map(|j| {
                     let pods = pods.clone();
-                    async move { pods.create(&PostParams::default(), &p).await.unwrap() }
+                    let pod = reference_pod(&j, &config);
+                    async move { pods.create(&PostParams::default(), &pod).await.unwrap() }
                 })
                 .buffer_unordered(IN_FLIGHT)
                 .collect::<Vec<Pod>>()
@@ -417,16 +431,27 @@ async fn account(admin: &Client, namespace: &str, name: &str) -> String {
         .unwrap()
 }
 
-/// Requests in the audit log by `user`, by "verb resource[/subresource]".
-fn audit_counts(log: &PathBuf, user: &str) -> BTreeMap<String, u64> {
+/// A user's requests in the audit log.
+#[derive(Default)]
+struct Audit {
+    /// By "verb resource[/subresource]".
+    requests: BTreeMap<String, u64>,
+    /// By "verb resource[/subresource]", then by answer: the status code, or `cancelled` for
+    /// a 500 `context canceled`, which is the client hanging up on a request still open (a
+    /// log stream that had not sent anything yet when its job ended).
+    responses: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+fn audit(log: &PathBuf, user: &str) -> Audit {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut counts = BTreeMap::new();
-    let mut seen = HashSet::new();
+    // A long-running request (a watch, a followed log) has an entry when its response starts
+    // and one when it completes: count it once, with the last status seen.
+    let mut by_id: HashMap<String, (String, String)> = HashMap::new();
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
             continue;
         };
-        if v["user"]["username"] != user || !seen.insert(v["auditID"].to_string()) {
+        if v["user"]["username"] != user {
             continue;
         }
         let r = &v["objectRef"];
@@ -434,11 +459,78 @@ fn audit_counts(log: &PathBuf, user: &str) -> BTreeMap<String, u64> {
             Some(sub) => format!("{}/{sub}", r["resource"].as_str().unwrap_or("")),
             None => r["resource"].as_str().unwrap_or("").to_owned(),
         };
-        *counts
-            .entry(format!("{} {resource}", v["verb"].as_str().unwrap_or("")))
+        let key = format!("{} {resource}", v["verb"].as_str().unwrap_or(""));
+        let status = &v["responseStatus"];
+        let answer = match status["code"].as_u64() {
+            Some(500)
+                if status["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("context canceled")) =>
+            {
+                "cancelled".to_owned()
+            }
+            Some(code) => code.to_string(),
+            None => "none".to_owned(),
+        };
+        by_id.insert(v["auditID"].to_string(), (key, answer));
+    }
+    let mut out = Audit::default();
+    for (key, answer) in by_id.into_values() {
+        *out.requests.entry(key.clone()).or_default() += 1;
+        *out.responses
+            .entry(key)
+            .or_default()
+            .entry(answer)
             .or_default() += 1;
     }
-    counts
+    out
+}
+
+/// `fs.inotify.max_user_instances`: how many log streams kwok can follow at once.
+fn inotify_instances() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Cores, CPU model and load, like scripts/bench's machine line.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?");
+    format!("{cores} cores, {model}, load average {load} at the start")
+}
+
+/// "kube-apiserver v1.36.3, kwok nodes: 3".
+async fn cluster(admin: &Client) -> String {
+    let version = admin
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_default();
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(admin.clone())
+        .list(&Default::default())
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0);
+    let kwok = std::env::var("GANTRY_TEST_CLUSTER_BIN")
+        .ok()
+        .and_then(|b| {
+            let dir = PathBuf::from(b);
+            Some(dir.parent()?.file_name()?.to_string_lossy().into_owned())
+        })
+        .and_then(|d| d.split_once("-kwok-").map(|(_, v)| v.to_owned()))
+        .unwrap_or_default();
+    format!("kube-apiserver {version}, {nodes} kwok {kwok} nodes")
 }
 
 fn run_side(which: &str, token: &str, namespace: &str, n: usize, timeout: Duration) -> Side {
@@ -476,13 +568,13 @@ async fn main() {
     if !args.iter().any(|a| a == "--bench") && args.len() > 1 {
         return; // `cargo test --benches` and filters: nothing to do.
     }
-    let audit: PathBuf = std::env::var("GANTRY_BENCH_AUDIT_LOG")
+    let audit_log: PathBuf = std::env::var("GANTRY_BENCH_AUDIT_LOG")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env("GANTRY_TEST_CLUSTER_DIR")).join("audit.log"));
     assert!(
-        audit.exists(),
+        audit_log.exists(),
         "no audit log at {}: run this bench through scripts/bench (part `cluster`)",
-        audit.display()
+        audit_log.display()
     );
     let sizes: Vec<usize> = std::env::var("GANTRY_BENCH_CLUSTER_SIZES")
         .unwrap_or_else(|_| "100,1000".into())
@@ -497,6 +589,20 @@ async fn main() {
     );
     let namespace = env("GANTRY_TEST_KUBE_NAMESPACE");
     let admin = client(&env("GANTRY_TEST_KUBE_TOKEN")).await;
+    let machine = machine();
+    let cluster = cluster(&admin).await;
+    let instances = inotify_instances();
+    if let (Some(limit), Some(&max)) = (instances, sizes.iter().max())
+        && (max as u64) > limit
+    {
+        eprintln!(
+            "cluster bench: fs.inotify.max_user_instances is {limit}: kwok cannot follow more \
+             log streams than that at once, so Gantry's log opens beyond it are refused (400) \
+             and retried; raise it (sysctl -w fs.inotify.max_user_instances={}) to measure {max} \
+             followed jobs",
+            (max + 256).next_power_of_two()
+        );
+    }
     let mut results = Vec::new();
     for n in sizes {
         let mut row = serde_json::Map::new();
@@ -508,10 +614,14 @@ async fn main() {
             let side = run_side(which, &token, &namespace, n, timeout);
             // The audit log is written asynchronously (batched): let it settle.
             tokio::time::sleep(Duration::from_secs(3)).await;
-            let counts = audit_counts(&audit, &format!("system:serviceaccount:{namespace}:{user}"));
-            let total: u64 = counts.values().sum();
+            let counts = audit(
+                &audit_log,
+                &format!("system:serviceaccount:{namespace}:{user}"),
+            );
+            let total: u64 = counts.requests.values().sum();
             let mut v = serde_json::to_value(&side).unwrap();
-            v["requests"] = json!(counts);
+            v["requests"] = json!(counts.requests);
+            v["responses"] = json!(counts.responses);
             v["requests_per_job"] = json!(total as f64 / n as f64);
             eprintln!("  {v}");
             row.insert(which.into(), v);
@@ -537,7 +647,13 @@ async fn main() {
     });
     let dir = gantry_bench::results_dir(std::path::Path::new(&target));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = json!({ "measured": chrono::Utc::now().to_rfc3339(), "sizes": results });
+    let out = json!({
+        "measured": chrono::Utc::now().to_rfc3339(),
+        "machine": machine,
+        "cluster": cluster,
+        "inotify_max_user_instances": instances,
+        "sizes": results,
+    });
     std::fs::write(
         dir.join("cluster.json"),
         serde_json::to_string_pretty(&out).unwrap(),
