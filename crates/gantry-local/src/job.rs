@@ -17,6 +17,7 @@ use crate::leftovers::{AttemptRecord, Owner};
 use crate::process::{self, Capture, Ending, Output, Stop, Timeout};
 use crate::workspace::{self, Workspace};
 use crate::{Error, LocalConfig, gitops, tools};
+use gantry_logs::Masker;
 
 /// Sends one attempt's events. Nobody listening is not an error: the attempt stops on its own
 /// (see [`Stop`]).
@@ -224,6 +225,7 @@ pub(crate) async fn run(
         cancel,
         events: tx,
         record,
+        secrets: Arc::new(Masker::new(job.secret_values.values())),
     };
     let (state, reason) = match workspace::check_out(workspace.path(), &job.checkout, &stop).await {
         Ok(()) => {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_core::{EventSender, Stream};
+use gantry_logs::{LineSplitter, Masker};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -71,6 +72,9 @@ pub(crate) struct Stop {
     pub cancel: watch::Receiver<bool>,
     pub events: EventSender,
     pub record: Option<Arc<AttemptRecord>>,
+    /// The job's secret values: a run-on line is never cut inside one (the log masker only
+    /// sees one piece at a time).
+    pub secrets: Arc<Masker>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,14 +214,22 @@ pub(crate) async fn run<O: Output>(mut command: Command, out: &mut O, stop: &Sto
 
     let (tx, mut lines) = mpsc::channel(256);
     let readers: Vec<JoinHandle<()>> = [
-        child
-            .stdout
-            .take()
-            .map(|r| tokio::spawn(read_lines(r, Stream::Stdout, tx.clone()))),
-        child
-            .stderr
-            .take()
-            .map(|r| tokio::spawn(read_lines(r, Stream::Stderr, tx.clone()))),
+        child.stdout.take().map(|r| {
+            tokio::spawn(read_lines(
+                r,
+                Stream::Stdout,
+                stop.secrets.clone(),
+                tx.clone(),
+            ))
+        }),
+        child.stderr.take().map(|r| {
+            tokio::spawn(read_lines(
+                r,
+                Stream::Stderr,
+                stop.secrets.clone(),
+                tx.clone(),
+            ))
+        }),
     ]
     .into_iter()
     .flatten()
@@ -364,130 +376,33 @@ impl Drop for ProcessGroup {
 async fn read_lines<R: AsyncRead + Unpin>(
     mut reader: R,
     stream: Stream,
+    secrets: Arc<Masker>,
     tx: mpsc::Sender<(Stream, String)>,
 ) {
     let mut splitter = LineSplitter::new(MAX_LINE);
     let mut chunk = vec![0u8; 16 * 1024];
+    let mut lines = Vec::new();
     loop {
         let n = match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        for line in splitter.push(&chunk[..n]) {
+        splitter.push(&chunk[..n], &secrets, &mut |line| lines.push(line));
+        for line in lines.drain(..) {
             if tx.send((stream, line)).await.is_err() {
                 return;
             }
         }
     }
-    if let Some(line) = splitter.finish() {
+    splitter.finish(&mut |line| lines.push(line));
+    for line in lines {
         let _ = tx.send((stream, line)).await;
     }
-}
-
-/// Cuts a byte stream into lines: at `\n` (dropping a `\r` before it), or at `max` bytes when a
-/// line runs on, backing off so a UTF-8 character is not cut in two. Bytes that are not UTF-8
-/// become U+FFFD, never vanish.
-#[derive(Debug)]
-pub(crate) struct LineSplitter {
-    buf: Vec<u8>,
-    max: usize,
-}
-
-impl LineSplitter {
-    pub(crate) fn new(max: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            max: max.max(4),
-        }
-    }
-
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.buf.extend_from_slice(bytes);
-        let mut lines = Vec::new();
-        let mut start = 0;
-        loop {
-            let rest = &self.buf[start..];
-            let window = &rest[..rest.len().min(self.max + 1)];
-            if let Some(nl) = window.iter().position(|b| *b == b'\n') {
-                let mut line = &rest[..nl];
-                if let [head @ .., b'\r'] = line {
-                    line = head;
-                }
-                lines.push(String::from_utf8_lossy(line).into_owned());
-                start += nl + 1;
-                continue;
-            }
-            if rest.len() > self.max {
-                let cut = utf8_cut(rest, self.max);
-                lines.push(String::from_utf8_lossy(&rest[..cut]).into_owned());
-                start += cut;
-                continue;
-            }
-            break;
-        }
-        self.buf.drain(..start);
-        lines
-    }
-
-    /// The last line, if the stream did not end with a newline.
-    pub(crate) fn finish(&mut self) -> Option<String> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        let line = String::from_utf8_lossy(&self.buf).into_owned();
-        self.buf.clear();
-        Some(line)
-    }
-}
-
-/// Where to cut `bytes` at or before `max` without splitting a UTF-8 sequence (when the bytes are
-/// UTF-8 at all).
-fn utf8_cut(bytes: &[u8], max: usize) -> usize {
-    let is_continuation = |b: u8| b & 0b1100_0000 == 0b1000_0000;
-    (max.saturating_sub(3)..=max)
-        .rev()
-        .find(|&i| i > 0 && !is_continuation(bytes[i]))
-        .unwrap_or(max)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_at_newlines_and_keeps_the_tail_for_later() {
-        let mut s = LineSplitter::new(MAX_LINE);
-        assert_eq!(s.push(b"one\ntwo\r\nthr"), vec!["one", "two"]);
-        assert_eq!(s.push(b"ee\n\n"), vec!["three", ""]);
-        assert_eq!(s.push(b"four"), Vec::<String>::new());
-        assert_eq!(s.finish().as_deref(), Some("four"));
-        assert_eq!(s.finish(), None);
-    }
-
-    #[test]
-    fn long_lines_are_cut_at_the_limit() {
-        let mut s = LineSplitter::new(8);
-        assert_eq!(
-            s.push(b"0123456789abcdefghij"),
-            vec!["01234567", "89abcdef"]
-        );
-        assert_eq!(s.push(b"\n"), vec!["ghij"]);
-        // A line of exactly the limit plus its newline stays whole.
-        assert_eq!(s.push(b"01234567\n"), vec!["01234567"]);
-    }
-
-    #[test]
-    fn cuts_do_not_split_characters_and_bad_bytes_are_replaced() {
-        let mut s = LineSplitter::new(8);
-        // "aaaaaaa" then a 2-byte é straddling the limit.
-        let lines = s.push("aaaaaaaébb\n".as_bytes());
-        assert_eq!(lines, vec!["aaaaaaa", "ébb"]);
-        let mut s = LineSplitter::new(MAX_LINE);
-        assert_eq!(
-            s.push(b"ok \xff\xfe end\n"),
-            vec!["ok \u{fffd}\u{fffd} end"]
-        );
-    }
 
     #[test]
     fn durations_read_as_written() {

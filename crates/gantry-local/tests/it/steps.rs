@@ -257,3 +257,33 @@ async fn the_local_backend_reports_like_the_fake_one() {
     };
     assert_eq!(shape(&actual), shape(&expected));
 }
+
+/// A run-on line longer than the backend's line limit is cut, but never inside a secret's
+/// value: the log masker sees one piece at a time, so a secret cut in two would reach the log
+/// unmasked.
+#[tokio::test]
+async fn a_run_on_line_is_never_cut_inside_a_secret() {
+    let (repo, sha) = any_repo();
+    let (backend, _root) = backend();
+    let secret = "S3CRET-VALUE-THAT-STRADDLES";
+    // The secret starts 10 bytes before the 64 KiB cut.
+    let before = 64 * 1024 - 10;
+    let step = run(
+        "long",
+        &format!("head -c {before} /dev/zero | tr '\\0' x; printf '%s' \"$API_TOKEN\"; echo tail"),
+    );
+    let mut job = request(&repo.url(), &sha, vec![step]);
+    job.secret_values = BTreeMap::from([("API_TOKEN".into(), Secret::new(secret))]);
+    let events = run_job(&backend, job).await;
+    assert_eq!(events.finished(), (State::Success, None));
+    let out = events.texts(0, Stream::Stdout);
+    assert!(out.len() >= 2, "the line was cut: {} pieces", out.len());
+    assert_eq!(out.concat().len(), before + secret.len() + "tail".len());
+    assert!(
+        out.iter().any(|piece| piece.contains(secret)),
+        "the secret was cut in two: {:?}",
+        out.iter()
+            .map(|p| &p[p.len().saturating_sub(30)..])
+            .collect::<Vec<_>>()
+    );
+}
