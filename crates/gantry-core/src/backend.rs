@@ -61,6 +61,55 @@ pub struct JobRequest {
     pub secret_values: BTreeMap<String, Secret>,
 }
 
+/// What the store holds of an attempt that a restarted Gantry hands back to its backend
+/// (`gantry_engine::Reattach`): the backend reports only what is missing from it, so that no
+/// transition is lost and no log line is stored twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// The attempt's [`JobEventKind::Started`] is stored (the job is running, not pending).
+    pub started: bool,
+    /// Each step, by index.
+    pub steps: Vec<StepResume>,
+}
+
+/// What the store holds of one step of a re-attached attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepResume {
+    /// `Queued`/`Pending`: its start is not stored; `Running`: its start is; a final state: its
+    /// end is (with `exit_code` and `reason`).
+    pub state: State,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    /// What is stored of its log. Counted only for steps whose end is not stored (the log of a
+    /// step that ended is complete).
+    pub log: StoredLog,
+}
+
+impl StepResume {
+    /// A step of which nothing is stored.
+    pub fn queued() -> Self {
+        Self {
+            state: State::Queued,
+            exit_code: None,
+            reason: None,
+            log: StoredLog::default(),
+        }
+    }
+}
+
+/// How much of a step's log is stored, in the backend's own units: [`LogLine`]s as it sent them
+/// (the store may keep a long line as several).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredLog {
+    /// Lines of the step's own output (streams stdout and stderr): the backend skips this many
+    /// of them and sends the rest.
+    pub output_lines: u64,
+    /// Lines Gantry itself wrote into the step's log (stream system).
+    pub system_lines: u64,
+    /// The time of the last output line stored (to the microsecond, as the store keeps it).
+    pub last_output_at: Option<Timestamp>,
+}
+
 /// How a step ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepOutcome {

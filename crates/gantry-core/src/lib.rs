@@ -18,8 +18,8 @@ mod trigger;
 pub mod fake;
 
 pub use backend::{
-    Backend, BackendError, Checkout, EventSender, JobEvent, JobEventKind, JobRequest, Secret,
-    StepOutcome,
+    Backend, BackendError, Checkout, EventSender, JobEvent, JobEventKind, JobRequest, Resume,
+    Secret, StepOutcome, StepResume, StoredLog,
 };
 pub use forge::{Forge, ForgeError};
 pub use ids::{JobId, RunId, StepId};

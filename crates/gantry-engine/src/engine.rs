@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use gantry_core::{
     Backend, BackendError, Event, EventSender, Forge, ForgeKind, JobEvent, JobId, JobRequest,
-    RunId, Trigger,
+    Resume, RunId, Trigger,
 };
 use gantry_store::{EngineAction, Page, RunFilter, RunRecord, Store};
 use tokio::sync::{Notify, mpsc};
@@ -25,7 +25,17 @@ use crate::{EngineConfig, Error, LogSink, Result};
 pub trait Reattach: Send + Sync + 'static {
     /// `Ok(true)` when the attempt is still known: its further events, ending with `Finished`,
     /// will be sent on `events`. `Ok(false)` when it is gone.
-    async fn reattach(&self, job: JobRequest, events: EventSender) -> Result<bool, BackendError>;
+    ///
+    /// `resume` is what the store holds of the attempt: the backend sends what is missing from
+    /// it (transitions that happened while Gantry was down, the rest of each step's log), in
+    /// order, and nothing that is already there. The engine takes a transition it already has
+    /// as a no-op, but a log line sent again would be stored twice.
+    async fn reattach(
+        &self,
+        job: JobRequest,
+        resume: Resume,
+        events: EventSender,
+    ) -> Result<bool, BackendError>;
 }
 
 pub(crate) struct Inner {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_core::{
-    Checkout, Job, JobEvent, JobEventKind, JobId, JobRequest, Run, RunId, State, Trigger,
+    Checkout, Job, JobEvent, JobEventKind, JobId, JobRequest, Resume, Run, RunId, State,
+    StepResume, Trigger,
 };
 use gantry_store::{EngineAction, Page, QueueEntry, RunFilter, RunRecord, Tx, repo_key};
 use tokio::sync::mpsc;
@@ -683,6 +684,18 @@ impl Inner {
         if job.state.is_final() {
             return Ok(false);
         }
+        // A step's end is recorded once: a start or an end reported again for a step that
+        // ended (a backend re-attached after a restart may repeat what the store holds) must
+        // not reopen it nor change how it ended.
+        if let JobEventKind::StepStarted { step } | JobEventKind::StepFinished { step, .. } =
+            &event.kind
+            && job
+                .steps
+                .iter()
+                .any(|s| s.index == *step && s.state.is_final())
+        {
+            return Ok(false);
+        }
         match event.kind {
             JobEventKind::Started => {
                 if job.state != State::Running {
@@ -1046,7 +1059,11 @@ impl Inner {
             {
                 let job_request = request(&run, &job, &self.config.secrets).await;
                 self.logs.attempt_started(&job_request).await;
-                match reattach.reattach(job_request, self.events_tx.clone()).await {
+                let resume = self.resume(&job).await?;
+                match reattach
+                    .reattach(job_request, resume, self.events_tx.clone())
+                    .await
+                {
                     Ok(true) => {
                         active.insert(
                             (job.id, job.attempt),
@@ -1090,6 +1107,29 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// What the store holds of an attempt being re-attached: its start, each step's state and
+    /// how much of the log of each step not ended is stored.
+    async fn resume(&self, job: &Job) -> Result<Resume> {
+        let stored = self.store.get_job(job.id, Some(job.attempt)).await?;
+        let stored = stored.as_ref().unwrap_or(job);
+        let mut steps = vec![StepResume::queued(); job.spec.steps.len()];
+        for step in &stored.steps {
+            let Some(resume) = steps.get_mut(step.index) else {
+                continue;
+            };
+            resume.state = step.state;
+            resume.exit_code = step.exit_code;
+            resume.reason = step.reason.clone();
+            if !step.state.is_final() {
+                resume.log = self.logs.stored(job.id, job.attempt, step.index).await;
+            }
+        }
+        Ok(Resume {
+            started: stored.state == State::Running,
+            steps,
+        })
     }
 }
 

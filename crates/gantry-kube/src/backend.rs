@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use gantry_core::{
     Backend, BackendError, EventSender, JobEvent, JobEventKind, JobId, JobRequest, LogLine,
-    RepoRef, RunId, Stream,
+    RepoRef, Resume, RunId, StoredLog, Stream,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -234,15 +234,17 @@ impl KubeBackend {
             return Err(e);
         }
         let _ = tx.send(Update::Applied(Arc::new(created)));
+        let tracker = Tracker::new(&job);
         let runner = Runner::new(
             Arc::clone(inner),
             job,
             events,
             name,
-            Tracker::new,
+            tracker,
             rendered.notices,
+            Vec::new(),
         );
-        tokio::spawn(runner.run(rx, false));
+        tokio::spawn(runner.run(rx));
         Ok(())
     }
 }
@@ -328,6 +330,14 @@ async fn watch_pods(
     }
 }
 
+/// A step's log task.
+struct LogTask {
+    ended: watch::Sender<bool>,
+    task: JoinHandle<u32>,
+    /// Lines it delivered so far.
+    delivered: Arc<AtomicU64>,
+}
+
 /// Follows one attempt from its pod's changes to `Finished`.
 struct Runner {
     inner: Arc<Inner>,
@@ -336,7 +346,10 @@ struct Runner {
     pod: String,
     tracker: Tracker,
     notices: Vec<String>,
-    logs: HashMap<usize, (watch::Sender<bool>, JoinHandle<u32>)>,
+    logs: HashMap<usize, LogTask>,
+    /// What the store holds of each step's log (a re-attached attempt), by step: those lines
+    /// are not sent again.
+    stored: Vec<StoredLog>,
     stuck_until: Option<(Instant, String)>,
     step_deadline: Option<(Instant, usize)>,
     numbers: HashMap<usize, u64>,
@@ -348,10 +361,15 @@ impl Runner {
         job: JobRequest,
         events: EventSender,
         pod: String,
-        tracker: fn(&JobRequest) -> Tracker,
+        tracker: Tracker,
         notices: Vec<String>,
+        stored: Vec<StoredLog>,
     ) -> Self {
-        let tracker = tracker(&job);
+        let numbers = stored
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.output_lines + s.system_lines))
+            .collect();
         Self {
             inner,
             job,
@@ -360,9 +378,10 @@ impl Runner {
             tracker,
             notices,
             logs: HashMap::new(),
+            stored,
             stuck_until: None,
             step_deadline: None,
-            numbers: HashMap::new(),
+            numbers,
         }
     }
 
@@ -391,9 +410,7 @@ impl Runner {
         self.send(JobEventKind::Log(line)).await;
     }
 
-    /// `reattached`: the first update is the pod as a restarted Gantry found it; the steps
-    /// running then get a notice that their output is shown again. Not the steps after them.
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Update>, mut reattached: bool) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Update>) {
         let mut last: Option<Arc<Pod>> = None;
         while !self.tracker.is_finished() {
             let stuck_at = self.stuck_until.as_ref().map(|s| s.0);
@@ -430,10 +447,7 @@ impl Runner {
                 }
             };
             for action in actions {
-                self.act(action, reattached).await;
-            }
-            if last.is_some() {
-                reattached = false;
+                self.act(action).await;
             }
         }
         drop(last);
@@ -454,7 +468,31 @@ impl Runner {
         }
     }
 
-    async fn act(&mut self, action: Action, reattached: bool) {
+    /// Waits for a step's log task to deliver what its container wrote: as long as lines keep
+    /// coming (the rest of a long log read after a re-attach), and `log_drain` past the last.
+    async fn drain(&self, log: LogTask) {
+        let LogTask {
+            ended,
+            mut task,
+            delivered,
+        } = log;
+        ended.send_replace(true);
+        let drain = self.inner.config.timings.log_drain;
+        let mut seen = delivered.load(Ordering::Relaxed);
+        loop {
+            if tokio::time::timeout(drain, &mut task).await.is_ok() {
+                return;
+            }
+            let now = delivered.load(Ordering::Relaxed);
+            if now == seen {
+                task.abort();
+                return;
+            }
+            seen = now;
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
         match action {
             Action::Started => {
                 for notice in std::mem::take(&mut self.notices) {
@@ -468,8 +506,10 @@ impl Runner {
                 }
                 self.send(JobEventKind::StepStarted { step: i }).await;
             }
-            Action::OpenLog(i) => {
-                let (ended_tx, ended) = watch::channel(false);
+            Action::OpenLog { step: i, ended } => {
+                let (ended_tx, ended) = watch::channel(ended);
+                let stored = self.stored.get_mut(i).map(std::mem::take);
+                let delivered = Arc::new(AtomicU64::new(0));
                 let t = &self.inner.config.timings;
                 let follow = Follow {
                     api: self.inner.pods.clone(),
@@ -483,23 +523,22 @@ impl Runner {
                     settle: t.log_drain,
                     backoff: t.backoff,
                     max_backoff: t.max_backoff,
-                    preface: reattached.then(|| {
-                        "re-attached after a restart of Gantry: this step's output is shown again from its start".to_owned()
-                    }),
+                    stored: stored.unwrap_or_default(),
+                    delivered: Arc::clone(&delivered),
                 };
-                self.logs.insert(i, (ended_tx, tokio::spawn(follow.run())));
+                let task = LogTask {
+                    ended: ended_tx,
+                    task: tokio::spawn(follow.run()),
+                    delivered,
+                };
+                self.logs.insert(i, task);
             }
             Action::StepFinished(i, outcome) => {
                 if self.step_deadline.is_some_and(|d| d.1 == i) {
                     self.step_deadline = None;
                 }
-                if let Some((ended, task)) = self.logs.remove(&i) {
-                    ended.send_replace(true);
-                    let drain = self.inner.config.timings.log_drain;
-                    let abort = task.abort_handle();
-                    if tokio::time::timeout(drain, task).await.is_err() {
-                        abort.abort();
-                    }
+                if let Some(log) = self.logs.remove(&i) {
+                    self.drain(log).await;
                 }
                 self.send(JobEventKind::StepFinished { step: i, outcome })
                     .await;
@@ -511,9 +550,9 @@ impl Runner {
             }
             Action::Unstuck => self.stuck_until = None,
             Action::Finished(state, reason) => {
-                for (_, (ended, task)) in self.logs.drain() {
-                    ended.send_replace(true);
-                    task.abort();
+                for (_, log) in self.logs.drain() {
+                    log.ended.send_replace(true);
+                    log.task.abort();
                 }
                 self.send(JobEventKind::Finished { state, reason }).await;
             }
@@ -561,9 +600,16 @@ impl Backend for KubeBackend {
 #[async_trait]
 impl gantry_engine::Reattach for KubeBackend {
     /// Finds the attempt's pod in the watch's first listing; when it is there, its task starts
-    /// again (steps already over are not reported again; the running step's log is shown again
-    /// from its start, after a notice saying so).
-    async fn reattach(&self, job: JobRequest, events: EventSender) -> Result<bool, BackendError> {
+    /// again from what the store holds: the first look at the pod reports, in order, what
+    /// happened while Gantry was down (the start, steps started and ended with their exit
+    /// codes, the end), and each step's log goes on after the lines stored (counted off the
+    /// container's log, see `logs::Skip`).
+    async fn reattach(
+        &self,
+        job: JobRequest,
+        resume: Resume,
+        events: EventSender,
+    ) -> Result<bool, BackendError> {
         if !self.ready().await {
             return Err(BackendError::Unavailable {
                 message: "the pod watch has not listed the build namespace yet".into(),
@@ -585,15 +631,32 @@ impl gantry_engine::Reattach for KubeBackend {
         }
         self.inner.created().insert(name.clone());
         let _ = tx.send(Update::Applied(pod));
+        // The notices go with the attempt's start: when the store has neither, they are said
+        // (rendered again: the same job and configuration give the same notices).
+        let notices =
+            if resume.started || resume.steps.first().is_some_and(|s| s.log.system_lines > 0) {
+                Vec::new()
+            } else {
+                let options = RenderOptions {
+                    origin: origin_of(&job),
+                    clone_credentials: false,
+                };
+                render(&job, &self.inner.config, &options)
+                    .map(|r| r.notices)
+                    .unwrap_or_default()
+            };
+        let tracker = Tracker::resumed(&job, &resume);
+        let stored = resume.steps.iter().map(|s| s.log).collect();
         let runner = Runner::new(
             Arc::clone(&self.inner),
             job,
             events,
             name,
-            Tracker::reattached,
-            Vec::new(),
+            tracker,
+            notices,
+            stored,
         );
-        tokio::spawn(runner.run(rx, true));
+        tokio::spawn(runner.run(rx));
         Ok(true)
     }
 }

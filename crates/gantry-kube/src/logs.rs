@@ -4,11 +4,18 @@
 //! `sinceTime` has one-second precision, so a resumed stream starts somewhat before the last
 //! line; lines are kept only when their (nanosecond) timestamp is after the last one seen, or
 //! equal to it and beyond the count already seen at exactly that instant.
+//!
+//! A step re-attached after a restart of Gantry has part of its log stored already: the stream
+//! is read from the container's first line and the lines stored are counted off (see [`Skip`]).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{AsyncBufReadExt, TryStreamExt};
-use gantry_core::{EventSender, JobEvent, JobEventKind, JobId, LogLine, Stream, Timestamp};
+use gantry_core::{
+    EventSender, JobEvent, JobEventKind, JobId, LogLine, StoredLog, Stream, Timestamp,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::LogParams;
@@ -24,6 +31,8 @@ pub(crate) struct Cursor {
     pub number: u64,
     /// Lines seen at `last` in the stream being read now.
     seen_at_last: usize,
+    /// Lines stored before a restart, not to be sent again.
+    pub skip: Skip,
 }
 
 impl Cursor {
@@ -52,6 +61,77 @@ impl Cursor {
             }
         }
     }
+}
+
+/// The lines of a re-attached step's log that are stored already: the first `stored` lines of
+/// the container's log, the last of them written at `until` (to the microsecond, as the log store
+/// keeps times). The kubelet serves a container's log from its first line, the same lines at the
+/// same times whenever it is read, so counting them off is exact.
+///
+/// Except when the kubelet has rotated the container's log file (`containerLogMaxSize`, 10 MiB
+/// by default): `pods/log` then starts at a later line, and counting from there would drop lines
+/// never stored. So no line later than `until` is skipped, and when the count and the times
+/// disagree, a notice in the log says that lines written at about `until` may be missing or
+/// repeated (the times alone cannot tell apart lines written within the same microsecond).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Skip {
+    stored: u64,
+    left: u64,
+    until: Option<Timestamp>,
+    mismatch: bool,
+    told: bool,
+}
+
+impl Skip {
+    pub fn new(stored: &StoredLog) -> Self {
+        Self {
+            stored: stored.output_lines,
+            left: stored.output_lines,
+            until: stored.last_output_at.map(to_micros),
+            mismatch: false,
+            told: false,
+        }
+    }
+
+    /// Is the container's next line, written at `at`, one stored already?
+    pub fn stored(&mut self, at: Timestamp) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        let at = to_micros(at);
+        if self.until.is_some_and(|until| at > until) {
+            // Newer than every stored line: the log starts later than what was stored.
+            self.left = 0;
+            self.mismatch = true;
+            return false;
+        }
+        self.left -= 1;
+        if self.left == 0 && self.until.is_some_and(|until| at != until) {
+            self.mismatch = true;
+        }
+        true
+    }
+
+    /// The notice to write, once, when the log did not match what is stored.
+    pub fn notice(&mut self) -> Option<String> {
+        if !self.mismatch || std::mem::replace(&mut self.told, true) {
+            return None;
+        }
+        let until = self
+            .until
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .unwrap_or_default();
+        Some(format!(
+            "re-attached after a restart of Gantry: the container's log does not begin with the \
+             {} lines stored before the restart (the kubelet may have rotated it); lines written \
+             at about {until} may be missing or repeated",
+            self.stored
+        ))
+    }
+}
+
+fn to_micros(t: Timestamp) -> Timestamp {
+    chrono::DateTime::from_timestamp(t.timestamp(), t.timestamp_subsec_micros() * 1000).unwrap_or(t)
 }
 
 fn to_jiff(t: Timestamp) -> Option<k8s_openapi::jiff::Timestamp> {
@@ -86,8 +166,10 @@ pub(crate) struct Follow {
     /// First wait after a failed open; doubles up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
-    /// A line said first (a re-attached step).
-    pub preface: Option<String>,
+    /// What of the log is stored already (a step re-attached after a restart).
+    pub stored: StoredLog,
+    /// Lines delivered so far: while it grows, the runner waits for the rest.
+    pub delivered: Arc<AtomicU64>,
 }
 
 enum Read {
@@ -115,23 +197,28 @@ impl Follow {
             at,
             kind: JobEventKind::Log(line),
         };
-        self.events.send(event).await.is_ok()
+        let sent = self.events.send(event).await.is_ok();
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        sent
     }
 
     /// Follows the log until the container ended and everything it wrote was delivered.
     /// Returns the log requests made.
     pub async fn run(mut self) -> u32 {
-        let mut cursor = Cursor::default();
+        let mut cursor = Cursor {
+            // Numbers go on after the lines stored; the store numbers lines itself anyway.
+            number: self.stored.output_lines + self.stored.system_lines,
+            skip: Skip::new(&self.stored),
+            ..Cursor::default()
+        };
         let mut requests = 0;
-        if let Some(text) = self.preface.take() {
-            self.send(&mut cursor, gantry_core::now(), Stream::System, text)
-                .await;
-        }
         let mut delay = self.backoff;
         loop {
             let ended_before = *self.ended.borrow();
             requests += 1;
-            let read = self.read(&mut cursor).await;
+            // The log of a container that ended is read to its end, not followed: the stream
+            // then ends by itself once everything was read.
+            let read = self.read(&mut cursor, !ended_before).await;
             if ended_before {
                 // The container had ended before this stream opened: it held everything.
                 return requests;
@@ -158,11 +245,11 @@ impl Follow {
         }
     }
 
-    async fn read(&self, cursor: &mut Cursor) -> Read {
+    async fn read(&self, cursor: &mut Cursor, follow: bool) -> Read {
         cursor.reopen();
         let params = LogParams {
             container: Some(self.container.clone()),
-            follow: true,
+            follow,
             timestamps: true,
             since_time: cursor.last.and_then(to_jiff),
             ..LogParams::default()
@@ -185,9 +272,15 @@ impl Follow {
                     let Some((at, text)) = split(&line) else {
                         continue;
                     };
-                    if cursor.accept(at)
-                        && !self.send(cursor, at, Stream::Stdout, text.to_owned()).await
+                    if !cursor.accept(at) || cursor.skip.stored(at) {
+                        continue;
+                    }
+                    if let Some(notice) = cursor.skip.notice()
+                        && !self.send(cursor, at, Stream::System, notice).await
                     {
+                        return Read::Eof;
+                    }
+                    if !self.send(cursor, at, Stream::Stdout, text.to_owned()).await {
                         return Read::Eof;
                     }
                 }
@@ -234,5 +327,48 @@ mod tests {
         assert!(!c.accept(t2));
         assert!(c.accept(t2)); // a third line at that instant is new
         assert!(c.accept(at("2026-01-01T00:00:02Z")));
+    }
+
+    fn stored(lines: u64, last: Option<&str>) -> Skip {
+        Skip::new(&StoredLog {
+            output_lines: lines,
+            system_lines: 0,
+            last_output_at: last.map(at),
+        })
+    }
+
+    #[test]
+    fn the_lines_stored_before_a_restart_are_counted_off_exactly() {
+        // The store keeps microseconds; the kubelet gives nanoseconds.
+        let mut s = stored(2, Some("2026-01-01T00:00:01.000002Z"));
+        assert!(s.stored(at("2026-01-01T00:00:01.000001999Z")));
+        assert!(s.stored(at("2026-01-01T00:00:01.000002999Z")));
+        assert!(!s.stored(at("2026-01-01T00:00:01.000002999Z")));
+        assert!(!s.stored(at("2026-01-01T00:00:03Z")));
+        assert_eq!(s.notice(), None);
+        // Nothing stored, or a sink that knows no times: the count alone.
+        assert!(!stored(0, None).stored(at("2026-01-01T00:00:01Z")));
+        let mut s = stored(1, None);
+        assert!(s.stored(at("2026-01-01T00:00:09Z")));
+        assert!(!s.stored(at("2026-01-01T00:00:01Z")));
+        assert_eq!(s.notice(), None);
+    }
+
+    #[test]
+    fn a_rotated_log_loses_no_line_newer_than_the_stored_ones_and_says_so() {
+        // Five lines stored, the last at 00:05; the kubelet's log now starts at the fourth.
+        let mut s = stored(5, Some("2026-01-01T00:00:05Z"));
+        assert!(s.stored(at("2026-01-01T00:00:04Z")));
+        assert!(s.stored(at("2026-01-01T00:00:05Z")));
+        assert_eq!(s.notice(), None);
+        assert!(!s.stored(at("2026-01-01T00:00:06Z")), "never stored");
+        let notice = s.notice().unwrap();
+        assert!(
+            notice.contains("does not begin with the 5 lines stored")
+                && notice.contains("2026-01-01T00:00:05.000000Z"),
+            "{notice}"
+        );
+        assert_eq!(s.notice(), None, "said once");
+        assert!(!s.stored(at("2026-01-01T00:00:07Z")));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use gantry_core::{JobRequest, State, StatusCondition, StepOutcome};
+use gantry_core::{JobRequest, Resume, State, StatusCondition, StepOutcome};
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod};
 
 use crate::names;
@@ -24,8 +24,11 @@ const STUCK: [&str; 5] = [
 pub(crate) enum Action {
     Started,
     StepStarted(usize),
-    /// Open the step's log stream (follow, timestamps).
-    OpenLog(usize),
+    /// Open the step's log stream (timestamps; followed unless its container had `ended`).
+    OpenLog {
+        step: usize,
+        ended: bool,
+    },
     /// The step's container ended: drain its log, then send this.
     StepFinished(usize, StepOutcome),
     /// A line from Gantry itself into a step's log.
@@ -64,8 +67,9 @@ pub(crate) struct Tracker {
     /// The first failure that fails the job: (state, reason).
     failed: Option<(State, String)>,
     ending: Option<Ending>,
-    /// Re-attached after a restart: steps already over are not reported again.
-    quiet_until_seen: bool,
+    /// Steps whose start the store holds (an attempt re-attached after a restart): it is not
+    /// reported again. (Steps whose end it holds start out done.)
+    start_stored: Vec<bool>,
 }
 
 impl Tracker {
@@ -81,17 +85,30 @@ impl Tracker {
             stuck: None,
             failed: None,
             ending: None,
-            quiet_until_seen: false,
+            start_stored: vec![false; steps.len()],
         }
     }
 
-    /// A tracker for an attempt picked up after a restart: what already happened was reported
-    /// by the previous process.
-    pub fn reattached(job: &JobRequest) -> Self {
-        Self {
-            quiet_until_seen: true,
-            ..Self::new(job)
+    /// A tracker for an attempt picked up after a restart: it reports exactly what `resume`,
+    /// what the store holds, lacks. Whatever happened while Gantry was down is reported at the
+    /// first look at the pod, in order.
+    pub fn resumed(job: &JobRequest, resume: &Resume) -> Self {
+        let mut tracker = Self::new(job);
+        tracker.started = resume.started;
+        for (i, step) in resume.steps.iter().enumerate().take(tracker.phases.len()) {
+            if step.state.is_final() {
+                tracker.phases[i] = Phase::Done;
+                let outcome = StepOutcome {
+                    state: step.state,
+                    exit_code: step.exit_code,
+                    reason: step.reason.clone(),
+                };
+                tracker.record(i, &outcome);
+            } else if step.state == State::Running {
+                tracker.start_stored[i] = true;
+            }
         }
+        tracker
     }
 
     pub fn is_finished(&self) -> bool {
@@ -108,7 +125,6 @@ impl Tracker {
         if self.finished {
             return out;
         }
-        let quiet = std::mem::take(&mut self.quiet_until_seen);
         let status = pod.status.clone().unwrap_or_default();
         let mut containers: BTreeMap<String, ContainerStatus> = BTreeMap::new();
         for c in status
@@ -174,9 +190,7 @@ impl Tracker {
             }
             if !self.started {
                 self.started = true;
-                if !quiet {
-                    out.push(Action::Started);
-                }
+                out.push(Action::Started);
             }
         }
 
@@ -189,25 +203,19 @@ impl Tracker {
             if self.phases[i] == Phase::Waiting && (running || done.is_some()) {
                 if !self.started {
                     self.started = true;
-                    if !quiet {
-                        out.push(Action::Started);
-                    }
+                    out.push(Action::Started);
                 }
-                let skipped = !self.run_if[i].admits(self.failed.is_some());
-                if quiet && done.is_some() {
-                    // Over before the restart; the previous process reported it.
-                    self.phases[i] = Phase::Done;
-                    if let Some(t) = done {
-                        self.record(i, &outcome(t));
-                    }
-                    continue;
-                }
+                let skipped =
+                    !self.start_stored[i] && !self.run_if[i].admits(self.failed.is_some());
                 self.phases[i] = Phase::Running;
                 if !skipped {
-                    if !quiet {
+                    if !self.start_stored[i] {
                         out.push(Action::StepStarted(i));
                     }
-                    out.push(Action::OpenLog(i));
+                    out.push(Action::OpenLog {
+                        step: i,
+                        ended: done.is_some(),
+                    });
                 }
             }
             if self.phases[i] == Phase::Running
@@ -294,7 +302,12 @@ impl Tracker {
     fn finish(&mut self, over: Option<(State, String)>) -> Vec<Action> {
         let mut out = Vec::new();
         for i in 0..self.phases.len() {
-            match self.phases[i] {
+            // A step whose start the store holds has started, though not seen yet.
+            let phase = match self.phases[i] {
+                Phase::Waiting if self.start_stored[i] => Phase::Running,
+                phase => phase,
+            };
+            match phase {
                 Phase::Done => {}
                 Phase::Running => {
                     let outcome = match &self.ending {
@@ -391,5 +404,91 @@ fn outcome(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> StepOutc
         state: State::Failure,
         exit_code: Some(t.exit_code),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use gantry_core::{
+        Checkout, ForgeKind, JobId, JobSpec, RepoRef, RunId, StepKind, StepResume, StepSpec,
+    };
+
+    use super::*;
+
+    fn job(steps: usize) -> JobRequest {
+        JobRequest {
+            run_id: RunId::new(),
+            job_id: JobId::new(),
+            attempt: 1,
+            checkout: Checkout {
+                repo: RepoRef {
+                    forge: ForgeKind::Github,
+                    full_name: "acme/app".into(),
+                    clone_url: "https://example.invalid/acme/app.git".into(),
+                    web_url: None,
+                    default_branch: None,
+                },
+                git_ref: "refs/heads/main".into(),
+                sha: "0".repeat(40),
+            },
+            pull_request: None,
+            spec: JobSpec {
+                steps: (0..steps)
+                    .map(|i| StepSpec {
+                        name: format!("s{i}"),
+                        kind: StepKind::Run {
+                            script: "true".into(),
+                        },
+                        timeout: None,
+                        env: BTreeMap::new(),
+                        run_if: StatusCondition::Success,
+                        allow_failure: false,
+                    })
+                    .collect(),
+                ..JobSpec::default()
+            },
+            secret_values: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_resumed_attempt_whose_pod_is_gone_ends_what_had_started_not_what_had_ended() {
+        let resume = Resume {
+            started: true,
+            steps: vec![
+                StepResume {
+                    state: State::Success,
+                    exit_code: Some(0),
+                    ..StepResume::queued()
+                },
+                StepResume {
+                    state: State::Running,
+                    ..StepResume::queued()
+                },
+                StepResume::queued(),
+            ],
+        };
+        let mut tracker = Tracker::resumed(&job(3), &resume);
+        let gone = "the pod was deleted while the job ran".to_owned();
+        let error = StepOutcome {
+            state: State::Error,
+            exit_code: None,
+            reason: Some(gone.clone()),
+        };
+        let skipped = StepOutcome {
+            state: State::Skipped,
+            exit_code: None,
+            reason: None,
+        };
+        assert_eq!(
+            tracker.vanished(),
+            [
+                Action::StepFinished(1, error),
+                Action::StepFinished(2, skipped),
+                Action::Finished(State::Error, Some(gone)),
+            ]
+        );
     }
 }

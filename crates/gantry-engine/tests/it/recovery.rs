@@ -1,12 +1,13 @@
 //! Crash recovery: a new engine on the same database finishes what the old one left.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use gantry_core::fake::FakeForge;
 use gantry_core::{
-    BackendError, CommitState, EventSender, ForgeKind, JobEvent, JobEventKind, JobRequest, State,
+    BackendError, CommitState, EventSender, ForgeKind, JobEvent, JobEventKind, JobRequest, Resume,
+    State,
 };
 use gantry_engine::{EngineConfig, RESTART_REASON, Reattach};
 use gantry_store::OutboxOutcome;
@@ -99,7 +100,12 @@ struct StillThere;
 
 #[async_trait]
 impl Reattach for StillThere {
-    async fn reattach(&self, job: JobRequest, events: EventSender) -> Result<bool, BackendError> {
+    async fn reattach(
+        &self,
+        job: JobRequest,
+        _: Resume,
+        events: EventSender,
+    ) -> Result<bool, BackendError> {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             for kind in [
@@ -152,6 +158,131 @@ async fn a_backend_that_can_reattach_keeps_its_jobs_across_a_restart() {
     assert_eq!(attempts(&run, "build").len(), 1, "no error, no new attempt");
     assert_eq!(job(&run, "build").steps[0].state, State::Success);
     assert!(after.backend.started().is_empty());
+}
+
+/// A backend that re-attaches as the Kubernetes one does after a restart during step 1: it
+/// reports again what the store holds (step 0's start, step 1's start) and then what it lacks
+/// (step 1's next line and end, the attempt's end). Keeps the resume it was given.
+#[derive(Default)]
+struct Repeats(Mutex<Vec<Resume>>);
+
+#[async_trait]
+impl Reattach for Repeats {
+    async fn reattach(
+        &self,
+        job: JobRequest,
+        resume: Resume,
+        events: EventSender,
+    ) -> Result<bool, BackendError> {
+        self.0.lock().unwrap().push(resume);
+        let line = gantry_core::LogLine {
+            step: 1,
+            number: 2,
+            at: gantry_core::now(),
+            stream: gantry_core::Stream::Stdout,
+            text: "after the restart".into(),
+        };
+        let success = gantry_core::StepOutcome {
+            state: State::Success,
+            exit_code: Some(0),
+            reason: None,
+        };
+        tokio::spawn(async move {
+            for kind in [
+                JobEventKind::Started,
+                JobEventKind::StepStarted { step: 0 },
+                JobEventKind::StepStarted { step: 1 },
+                JobEventKind::Log(line),
+                JobEventKind::StepFinished {
+                    step: 1,
+                    outcome: success,
+                },
+                JobEventKind::Finished {
+                    state: State::Success,
+                    reason: None,
+                },
+            ] {
+                let _ = events
+                    .send(JobEvent {
+                        job_id: job.job_id,
+                        attempt: job.attempt,
+                        at: gantry_core::now(),
+                        kind,
+                    })
+                    .await;
+            }
+        });
+        Ok(true)
+    }
+}
+
+#[tokio::test]
+async fn a_re_attached_attempt_keeps_the_steps_that_ended_and_their_logs() {
+    let h = Harness::new().await;
+    h.script("build", 0, 7, Duration::ZERO);
+    h.script("build", 1, 0, LONG);
+    let id = h
+        .submit(
+            "jobs:\n  build:\n    steps:\n      - { run: a, allow_failure: true }\n      - run: b\n",
+        )
+        .await;
+    let before = h
+        .wait_run(id, "step 1 to run", |r| {
+            job(r, "build")
+                .steps
+                .get(1)
+                .is_some_and(|s| s.state == State::Running)
+        })
+        .await;
+    let step0 = job(&before, "build").steps[0].clone();
+    assert_eq!((step0.state, step0.exit_code), (State::Failure, Some(7)));
+    h.engine.shutdown().await;
+
+    let repeats = Arc::new(Repeats::default());
+    let after = Harness::open(
+        h.dir.clone(),
+        h.url.clone(),
+        FakeForge::new(ForgeKind::Github),
+        config(),
+        Some(repeats.clone()),
+    )
+    .await;
+    after.engine.start().await.unwrap();
+    let run = after.wait_final(id).await;
+    assert_eq!(run.run.state, State::Success, "{run:#?}");
+    let build = job(&run, "build");
+
+    // The backend was told what the store holds: the start, step 0's end, step 1 running with
+    // its one line.
+    let resume = repeats.0.lock().unwrap().clone();
+    assert_eq!(resume.len(), 1);
+    let resume = &resume[0];
+    assert!(resume.started);
+    assert_eq!(
+        (resume.steps[0].state, resume.steps[0].exit_code),
+        (State::Failure, Some(7))
+    );
+    assert_eq!(resume.steps[1].state, State::Running);
+    let stored = resume.steps[1].log;
+    assert_eq!((stored.output_lines, stored.system_lines), (1, 0));
+    assert!(stored.last_output_at.is_some());
+    // A start reported again does not reopen a step that ended: it keeps its exit code and end.
+    assert_eq!(build.steps[0], step0);
+    assert_eq!(build.steps[1].state, State::Success);
+    assert_eq!(
+        build.steps[1].started_at,
+        job(&before, "build").steps[1].started_at,
+        "a start reported again changes nothing"
+    );
+    let key = gantry_logs::StepKey::new(build.id, 1, 1);
+    let lines: Vec<String> = after
+        .logs()
+        .read(key, 1, 100, u64::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert_eq!(lines, ["build step 1", "after the restart"]);
 }
 
 #[tokio::test]

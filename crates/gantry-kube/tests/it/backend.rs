@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gantry_core::{
     Backend, BackendError, Checkout, JobEvent, JobEventKind, JobId, JobRequest, JobSpec, RepoRef,
-    RunId, StatusCondition, StepKind, StepSpec,
+    Resume, RunId, State, StatusCondition, StepKind, StepResume, StepSpec, StoredLog,
 };
 use gantry_engine::Reattach;
 use gantry_kube::{
@@ -426,45 +426,87 @@ async fn the_sweeper_deletes_finished_pods_and_orphans_but_not_known_running_pod
     );
 }
 
-#[tokio::test]
-async fn after_a_restart_running_attempts_are_picked_up_and_vanished_ones_are_not() {
+/// What the store holds of a step: its state and, when it has not ended, how many lines of its
+/// output are stored, the last written at `last`.
+pub fn stored(state: State, lines: u64, last: Option<&str>) -> StepResume {
+    let exit_code = state.is_final().then_some(0);
+    StepResume {
+        state,
+        exit_code,
+        reason: None,
+        log: StoredLog {
+            output_lines: lines,
+            system_lines: 0,
+            last_output_at: last.map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap().to_utc()),
+        },
+    }
+}
+
+/// A pod of `job` as a restarted Gantry finds it: the checkout done and `steps` set.
+fn found(job: &JobRequest, phase: &str, steps: &[(&str, Option<i32>)]) -> FakeApi {
     let fake = FakeApi::default();
-    let running = job(&["first", "second"]);
-    let pod = names::pod_name(running.job_id, 1);
-    let mut p = pod_of(&running, "Running");
+    let mut p = pod_of(job, phase);
     let status = p.status.as_mut().unwrap();
     fake::set(status, fake::terminated("clone", 0, None, None), false);
-    fake::set(status, fake::terminated("step-0", 0, None, None), false);
-    fake::set(status, fake::running("step-1"), true);
+    let last = steps.len() - 1;
+    for (i, (name, code)) in steps.iter().enumerate() {
+        let c = match code {
+            Some(code) => fake::terminated(name, *code, None, None),
+            None => fake::running(name),
+        };
+        fake::set(status, c, i == last);
+    }
     fake.insert(p);
+    fake
+}
+
+#[tokio::test]
+async fn after_a_restart_running_attempts_are_picked_up_and_vanished_ones_are_not() {
+    let running = job(&["first", "second"]);
+    let pod = names::pod_name(running.job_id, 1);
+    let fake = found(
+        &running,
+        "Running",
+        &[("step-0", Some(0)), ("step-1", None)],
+    );
     fake.script_log(
         &pod,
         "step-1",
         LogReply {
-            lines: vec!["2026-01-01T00:00:05Z still here".into()],
+            lines: vec![
+                "2026-01-01T00:00:05.000001Z stored before the restart".into(),
+                "2026-01-01T00:00:06Z still here".into(),
+            ],
             hold: true,
         },
     );
     let h = harness_with(fake, false);
 
     let (tx, mut rx) = mpsc::channel(64);
+    // The store has step 0's end and step 1 running with its first line.
+    let resume = Resume {
+        started: true,
+        steps: vec![
+            stored(State::Success, 0, None),
+            stored(State::Running, 1, Some("2026-01-01T00:00:05.000001Z")),
+        ],
+    };
     assert!(
         h.backend
-            .reattach(running.clone(), tx.clone())
+            .reattach(running.clone(), resume, tx.clone())
             .await
             .unwrap()
     );
-    assert!(!h.backend.reattach(job(&["gone"]), tx).await.unwrap());
+    let gone = Resume::default();
+    assert!(!h.backend.reattach(job(&["gone"]), gone, tx).await.unwrap());
     wait_for(|| (!h.fake.log_queries().is_empty()).then_some(())).await;
     h.fake.update(&pod, |s| {
         fake::set(s, fake::terminated("step-1", 0, None, None), true);
         s.phase = Some("Succeeded".into());
     });
-    let events = shape(&until_finished(&mut rx).await);
-    assert_eq!(events.len(), 4, "{events:?}");
-    assert!(events[0].starts_with("log 1 #1 re-attached after a restart"));
+    // The line stored before the restart is not sent again, and no notice is needed.
     assert_eq!(
-        events[1..],
+        shape(&until_finished(&mut rx).await),
         [
             "log 1 #2 still here",
             "step 1 success exit 0",
@@ -472,6 +514,93 @@ async fn after_a_restart_running_attempts_are_picked_up_and_vanished_ones_are_no
         ]
     );
     assert_eq!(h.fake.count("create pods"), 0);
+}
+
+#[tokio::test]
+async fn a_step_that_ended_while_gantry_was_down_is_reported_with_its_exit_code_and_whole_log() {
+    let job = job(&["build", "test"]);
+    let pod = names::pod_name(job.job_id, 1);
+    // While Gantry was down: step 0 printed one more line and ended, step 1 ran and failed.
+    let fake = found(&job, "Failed", &[("step-0", Some(0)), ("step-1", Some(3))]);
+    fake.script_log(
+        &pod,
+        "step-0",
+        LogReply {
+            lines: vec![
+                "2026-01-01T00:00:01.5Z compiling".into(),
+                "2026-01-01T00:00:02.5Z compiled".into(),
+            ],
+            hold: false,
+        },
+    );
+    fake.script_log(
+        &pod,
+        "step-1",
+        LogReply {
+            lines: vec!["2026-01-01T00:00:03.5Z testing".into()],
+            hold: false,
+        },
+    );
+    let h = harness_with(fake, false);
+    let (tx, mut rx) = mpsc::channel(64);
+    // The store has the start, step 0 running and its first line.
+    let resume = Resume {
+        started: true,
+        steps: vec![
+            stored(State::Running, 1, Some("2026-01-01T00:00:01.5Z")),
+            StepResume::queued(),
+        ],
+    };
+    assert!(h.backend.reattach(job.clone(), resume, tx).await.unwrap());
+    assert_eq!(
+        shape(&until_finished(&mut rx).await),
+        [
+            "log 0 #2 compiled",
+            "step 0 success exit 0",
+            "step 1 started",
+            "log 1 #1 testing",
+            "step 1 failure exit 3",
+            "finished failure: step \"test\" failed with exit code 3",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_that_started_while_gantry_was_down_is_reported_started() {
+    let job = job(&["build"]);
+    let pod = names::pod_name(job.job_id, 1);
+    let fake = found(&job, "Running", &[("step-0", None)]);
+    fake.script_log(
+        &pod,
+        "step-0",
+        LogReply {
+            lines: vec!["2026-01-01T00:00:01Z compiling".into()],
+            hold: true,
+        },
+    );
+    let h = harness_with(fake, false);
+    let (tx, mut rx) = mpsc::channel(64);
+    // The store has the attempt pending: the pod was created, nothing more was reported.
+    let resume = Resume {
+        started: false,
+        steps: vec![StepResume::queued()],
+    };
+    assert!(h.backend.reattach(job.clone(), resume, tx).await.unwrap());
+    wait_for(|| (!h.fake.log_queries().is_empty()).then_some(())).await;
+    h.fake.update(&pod, |s| {
+        fake::set(s, fake::terminated("step-0", 0, None, None), true);
+        s.phase = Some("Succeeded".into());
+    });
+    assert_eq!(
+        shape(&until_finished(&mut rx).await),
+        [
+            "started",
+            "step 0 started",
+            "log 0 #1 compiling",
+            "step 0 success exit 0",
+            "finished success"
+        ]
+    );
 }
 
 #[tokio::test]

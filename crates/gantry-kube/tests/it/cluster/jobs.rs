@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gantry_core::{Backend, JobEventKind, JobId, JobRequest, RunId};
+use gantry_core::{Backend, JobEventKind, JobId, JobRequest, Resume, RunId, State, StepResume};
 use gantry_engine::{LogSink, Logs, Reattach};
 use gantry_kube::{
     CloneCredentials, JobRegistry, KubeBackend, PullRequestOrigin, RenderOptions, names, render,
@@ -318,19 +318,22 @@ async fn the_sweeper_removes_an_orphan_and_keeps_known_pods() {
 }
 
 #[tokio::test]
-async fn a_job_survives_a_restart_of_gantry() {
+async fn a_job_survives_a_restart_of_gantry_losing_and_repeating_nothing() {
     let c = cluster();
     let ns = c.namespace("restart").await;
     let annotations = play(
         "",
-        "step-0=3600000,*=200",
-        &[("step-0", "before the restart"), ("step-1", "after it")],
+        "step-0=3600000,step-1=3600000,*=200",
+        &[("step-0", "one\ntwo\nthree"), ("step-1", "after it")],
     );
     let job = job(&["first", "second"]);
     let pod = names::pod_name(job.job_id, job.attempt);
+    let dir = std::env::temp_dir().join(format!("gantry-kube-cluster-{}", uuid::Uuid::new_v4()));
+    let logs = Logs::open(&dir).unwrap();
 
     // The first Gantry, in a runtime of its own: it starts the job and sees step 0 run and
-    // print, then the process "dies" (its runtime and every task in it are dropped).
+    // print, then the process "dies" (its runtime and every task in it are dropped) after
+    // storing the step's first two lines, not the third.
     let first = {
         let (c2, ns2, job2, annotations2) =
             (cluster(), ns.clone(), job.clone(), annotations.clone());
@@ -343,53 +346,83 @@ async fn a_job_survives_a_restart_of_gantry() {
                 let backend = backend(&c2, &ns2, annotations2, false).await;
                 let (tx, mut rx) = mpsc::channel(256);
                 backend.start(job2, tx).await.unwrap();
-                shape(
-                    &until(&mut rx, "the step's output", |e| {
-                        matches!(e, JobEventKind::Log(_))
-                    })
-                    .await,
+                until(
+                    &mut rx,
+                    "the step's second line",
+                    |e| matches!(e, JobEventKind::Log(l) if l.text == "two"),
                 )
+                .await
             })
         })
         .join()
         .unwrap()
     };
     assert_eq!(
-        first,
-        ["started", "step 0 started", "log 0 #1 before the restart"]
+        shape(&first),
+        ["started", "step 0 started", "log 0 #1 one", "log 0 #2 two"]
     );
+    store(&logs, &job, &first).await;
 
-    // The new Gantry: a new client and backend find the pod in their first listing.
+    // While Gantry is down, step 0 ends and step 1 starts and prints.
+    let pods: Api<Pod> = Api::namespaced(c.admin().await, &ns);
+    annotate(
+        &pods,
+        &pod,
+        &[("gantry.dev/durations-ms", "step-1=3600000,*=200")],
+    )
+    .await;
+    eventually("step 0 to end and step 1 to run", || async {
+        let states = containers(&pods.get(&pod).await.unwrap());
+        (states.get("step-0").map(String::as_str) == Some("0")
+            && states.get("step-1").map(String::as_str) == Some("running"))
+        .then_some(())
+    })
+    .await;
+
+    // The new Gantry: a new client and backend find the pod in their first listing, and are
+    // told what the store holds (as the engine tells them: step logs counted by the LogSink).
+    let resume = Resume {
+        started: true,
+        steps: vec![
+            StepResume {
+                state: State::Running,
+                log: LogSink::stored(&logs, job.job_id, job.attempt, 0).await,
+                ..StepResume::queued()
+            },
+            StepResume::queued(),
+        ],
+    };
+    assert_eq!(resume.steps[0].log.output_lines, 2);
     let backend = backend(&c, &ns, annotations, false).await;
     let (tx, mut rx) = mpsc::channel(256);
-    assert!(backend.reattach(job.clone(), tx.clone()).await.unwrap());
+    assert!(
+        backend
+            .reattach(job.clone(), resume, tx.clone())
+            .await
+            .unwrap()
+    );
     assert!(
         !backend
-            .reattach(crate::backend::job(&["gone"]), tx)
+            .reattach(crate::backend::job(&["gone"]), Resume::default(), tx)
             .await
             .unwrap(),
         "an attempt whose pod is gone is not picked up"
     );
-    let mut events = shape(
-        &until(
-            &mut rx,
-            "the step's output again",
-            |e| matches!(e, JobEventKind::Log(l) if l.text == "before the restart"),
-        )
-        .await,
-    );
+    let mut events = until(
+        &mut rx,
+        "step 1's output",
+        |e| matches!(e, JobEventKind::Log(l) if l.text == "after it"),
+    )
+    .await;
     // End the held step now.
-    let pods: Api<Pod> = Api::namespaced(c.admin().await, &ns);
     annotate(&pods, &pod, &[("gantry.dev/durations-ms", "*=200")]).await;
-    events.extend(shape(&until_finished(&mut rx).await));
-    assert!(
-        events[0].starts_with("log 0 #1 re-attached after a restart of Gantry"),
-        "{events:?}"
-    );
+    events.extend(until_finished(&mut rx).await);
+    // Exactly what the store lacked, in order: the rest of step 0's log, its end with its exit
+    // code, step 1's start while Gantry was down, and everything after.
     assert_eq!(
-        events[1..],
+        shape(&events),
         [
-            "log 0 #2 before the restart",
+            "log 0 #3 three",
             "step 0 success exit 0",
             "step 1 started",
             "log 1 #1 after it",
@@ -397,6 +430,21 @@ async fn a_job_survives_a_restart_of_gantry() {
             "finished success",
         ]
     );
+
+    // In the log store, step 0's log is complete and holds each line once.
+    store(&logs, &job, &events).await;
+    let path = logs.store().path(job.job_id, 1, 0);
+    assert!(
+        path.with_extension("end").exists(),
+        "step 0's log is closed"
+    );
+    let step0 = std::fs::read_to_string(path).unwrap();
+    let texts: Vec<&str> = step0
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().1)
+        .collect();
+    assert_eq!(texts, ["stdout one", "stdout two", "stdout three"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Found here: jobs started while the watch was still listing (right after `KubeBackend::new`,
