@@ -1,12 +1,13 @@
 //! What a verified webhook delivery means to Gantry, whichever forge sent it.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use gantry_core::{ForgeKind, Trigger};
 use http::HeaderMap;
 
 use crate::secret::WebhookSecrets;
-use crate::verify::VerifyError;
+use crate::verify::{VerifyError, header};
 
 /// A verified, parsed and authorised webhook delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,6 +163,27 @@ pub(crate) fn ref_kind(git_ref: &str) -> RefKind<'_> {
     } else {
         RefKind::Other
     }
+}
+
+/// The JSON of a delivery: the body itself, or its `payload` field when the forge was set to
+/// send `application/x-www-form-urlencoded` (GitHub, Gitea and Forgejo can).
+pub(crate) fn form_payload<'a>(
+    headers: &HeaderMap,
+    body: &'a [u8],
+) -> Result<Cow<'a, [u8]>, ParseError> {
+    let form = header(headers, http::header::CONTENT_TYPE.as_str()).is_some_and(|ct| {
+        ct.split(';').next().is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+    });
+    if !form {
+        return Ok(Cow::Borrowed(body));
+    }
+    form_urlencoded::parse(body)
+        .find(|(key, _)| key == "payload")
+        .map(|(_, value)| Cow::Owned(value.into_owned().into_bytes()))
+        .ok_or(ParseError::FormWithoutPayload)
 }
 
 pub(crate) fn json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T, ParseError> {

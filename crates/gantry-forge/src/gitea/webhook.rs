@@ -1,7 +1,8 @@
 //! Gitea and Forgejo webhook deliveries: hex HMAC-SHA256 of the raw body in
 //! `X-Forgejo-Signature` or `X-Gitea-Signature`, the event in `X-Forgejo-Event` /
 //! `X-Gitea-Event`, the delivery id in `X-Forgejo-Delivery` / `X-Gitea-Delivery`. Forgejo sends
-//! both families; its own is preferred.
+//! both families; its own is preferred. The body is JSON, or a form whose `payload` field is
+//! the JSON (the signature covers the JSON either way).
 
 use gantry_core::{ForgeKind, RepoRef};
 use http::HeaderMap;
@@ -9,7 +10,9 @@ use serde::Deserialize;
 
 use crate::secret::WebhookSecrets;
 use crate::verify::{self, VerifyError, header};
-use crate::webhook::{Delivery, Incoming, ParseError, Parsed, Push, WebhookError, json};
+use crate::webhook::{
+    Delivery, Incoming, ParseError, Parsed, Push, WebhookError, form_payload, json,
+};
 
 pub const SIGNATURE_HEADERS: [&str; 2] = ["x-forgejo-signature", "x-gitea-signature"];
 pub const EVENT_HEADERS: [&str; 2] = ["x-forgejo-event", "x-gitea-event"];
@@ -32,7 +35,10 @@ pub fn receive(
     verify::require_secrets(secrets)?;
     let signature =
         first(headers, SIGNATURE_HEADERS).ok_or(VerifyError::MissingHeader("X-Gitea-Signature"))?;
-    let verified = verify::hmac_sha256_hex(signature, body, secrets)?;
+    // Gitea and Forgejo sign the JSON payload, also when they send it form-encoded (as the
+    // form's `payload` field): the field is taken out first, the signature checked over it.
+    let payload = form_payload(headers, body)?;
+    let verified = verify::hmac_sha256_hex(signature, &payload, secrets)?;
     let event = first(headers, EVENT_HEADERS)
         .ok_or(ParseError::MissingEventHeader("X-Gitea-Event"))?
         .to_owned();

@@ -2,15 +2,15 @@
 //! `application/x-www-form-urlencoded` with a `payload` field), `X-GitHub-Event`,
 //! `X-GitHub-Delivery`.
 
-use std::borrow::Cow;
-
 use gantry_core::{ForgeKind, RepoRef};
 use http::HeaderMap;
 use serde::Deserialize;
 
 use crate::secret::WebhookSecrets;
 use crate::verify::{self, Verified, VerifyError, header};
-use crate::webhook::{Delivery, Incoming, ParseError, Parsed, Push, WebhookError, json};
+use crate::webhook::{
+    Delivery, Incoming, ParseError, Parsed, Push, WebhookError, form_payload, json,
+};
 
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 pub const EVENT_HEADER: &str = "x-github-event";
@@ -58,25 +58,9 @@ fn verify<'a>(
     verify::hmac_sha256_hex(hex, body, secrets)
 }
 
-/// The JSON of a verified body: the body itself, or its `payload` field when form-encoded.
-fn payload<'a>(headers: &HeaderMap, verified: &Verified<'a>) -> Result<Cow<'a, [u8]>, ParseError> {
-    let form = header(headers, http::header::CONTENT_TYPE.as_str()).is_some_and(|ct| {
-        ct.split(';').next().is_some_and(|mime| {
-            mime.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
-    });
-    if !form {
-        return Ok(Cow::Borrowed(verified.body()));
-    }
-    form_urlencoded::parse(verified.body())
-        .find(|(key, _)| key == "payload")
-        .map(|(_, value)| Cow::Owned(value.into_owned().into_bytes()))
-        .ok_or(ParseError::FormWithoutPayload)
-}
-
 fn parse(headers: &HeaderMap, event: &str, verified: &Verified<'_>) -> Result<Parsed, ParseError> {
-    let body = payload(headers, verified)?;
+    // GitHub signs the body as sent: the form when form-encoded.
+    let body = form_payload(headers, verified.body())?;
     let body = body.as_ref();
     match event {
         "ping" => {

@@ -149,3 +149,37 @@ fn bad_signatures_are_refused() {
         VerifyError::Mismatch
     );
 }
+
+/// Gitea and Forgejo can send the JSON form-encoded (`payload=…`); they sign the JSON itself,
+/// not the form, so the signature is checked over the `payload` field.
+#[test]
+fn a_form_encoded_delivery_is_verified_over_its_payload_and_parsed_like_json() {
+    let json = fixture("gitea", "push.json");
+    let form: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", std::str::from_utf8(&json).unwrap())
+        .finish();
+    let secrets = WebhookSecrets::global([SECRET]);
+    let with = |signature: &str| {
+        headers(&[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("x-forgejo-event", "push"),
+            ("x-forgejo-delivery", "f-form"),
+            ("x-forgejo-signature", signature),
+        ])
+    };
+    let delivered = gitea::receive(&with(&sign(SECRET, &json)), form.as_bytes(), &secrets).unwrap();
+    let as_json = deliver("push", "push.json").unwrap();
+    assert_eq!(delivered.incoming, as_json.incoming);
+    assert_eq!(delivered.id.as_deref(), Some("f-form"));
+
+    // A signature over the form (not what Gitea signs) or by another secret is refused.
+    for signature in [sign(SECRET, form.as_bytes()), sign("another", &json)] {
+        match gitea::receive(&with(&signature), form.as_bytes(), &secrets) {
+            Err(WebhookError::Unauthorized(VerifyError::Mismatch)) => {}
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+    }
+    // A form without the field has nothing to verify: a bad request.
+    let err = gitea::receive(&with(&sign(SECRET, b"other=1")), b"other=1", &secrets).unwrap_err();
+    assert_eq!(err.http_status(), 400);
+}
