@@ -807,3 +807,21 @@ fn a_log_archive_that_cannot_be_used_stops_gantry_serve_at_start() {
     let stderr = refused(&both);
     assert!(stderr.contains("cannot be used with"), "{stderr}");
 }
+
+/// The tests' git server stops when dropped: `git daemon` runs `git-daemon` as a child, and
+/// killing `git` left the daemon listening (and holding every file the test had open), one
+/// more per test run.
+#[test]
+fn a_dropped_git_daemon_leaves_nothing_listening() {
+    let daemon = GitDaemon::start();
+    let port = daemon.port;
+    drop(daemon);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "git daemon still listens on {port} after it was dropped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -23,6 +23,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The `git-daemon` program itself: `git daemon` runs it as a child and a kill of `git` would
+/// leave the daemon running (holding its port and every inherited file).
+fn git_daemon_program() -> std::path::PathBuf {
+    let out = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("cannot run `git --exec-path` (Debian package git)");
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
+}
+
 /// `git daemon` serving bare repositories from a temporary directory over git://.
 pub struct GitDaemon {
     pub root: tempfile::TempDir,
@@ -34,9 +44,8 @@ impl GitDaemon {
     pub fn start() -> Self {
         let root = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Command::new("git")
+        let child = Command::new(git_daemon_program())
             .args([
-                "daemon",
                 "--reuseaddr",
                 "--export-all",
                 "--listen=127.0.0.1",

@@ -147,6 +147,16 @@ fn descendants(root: u32) -> Vec<u32> {
 }
 
 /// `git daemon` serving bare repositories from a temporary directory over git://.
+/// The `git-daemon` program itself: `git daemon` runs it as a child and a kill of `git` would
+/// leave the daemon running (holding its port and every inherited file).
+fn git_daemon_program() -> std::path::PathBuf {
+    let out = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("cannot run `git --exec-path` (Debian package git)");
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
+}
+
 #[derive(Debug)]
 pub struct GitDaemon {
     root: PathBuf,
@@ -158,9 +168,8 @@ impl GitDaemon {
     pub fn start(root: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root)?;
         let port = free_port()?;
-        let child = Command::new("git")
+        let child = Command::new(git_daemon_program())
             .args([
-                "daemon",
                 "--reuseaddr",
                 "--export-all",
                 "--listen=127.0.0.1",

@@ -73,15 +73,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The `git-daemon` program itself: `git daemon` runs it as a child and a kill of `git` would
+/// leave the daemon running (holding its port and every inherited file).
+fn git_daemon_program() -> std::path::PathBuf {
+    let out = std::process::Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("cannot run `git --exec-path` (Debian package git)");
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
+}
+
 async fn serve(base: &Path) -> (Daemon, u16) {
     let port = free_port();
-    let child = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
+    let child = Command::new(git_daemon_program())
+        .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", base.display()))
         .arg(base)
