@@ -28,6 +28,7 @@ pub fn q(s: &str) -> String {
 
 /// The page frame: header with the token sign-in, content, script.
 pub fn page(title: &str, body: &str) -> Html<String> {
+    let (css, js) = super::asset_urls();
     let mut html = String::with_capacity(body.len() + 2048);
     let _ = write!(
         html,
@@ -37,8 +38,8 @@ pub fn page(title: &str, body: &str) -> Html<String> {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · Gantry</title>
-<link rel="stylesheet" href="/assets/gantry.css">
-<script src="/assets/gantry.js" defer></script>
+<link rel="stylesheet" href="{css}">
+<script src="{js}" defer></script>
 </head>
 <body>
 <header class="top">

@@ -44,15 +44,39 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
+/// Pages ask for `/assets/NAME?v=<digest of the file>`: a new Gantry's pages name new URLs, so a
+/// browser never runs an old script against a new API, and the files can be cached for good.
 fn asset(kind: &'static str, body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, format!("{kind}; charset=utf-8")),
-            (header::CACHE_CONTROL, "public, max-age=300".to_owned()),
+            (
+                header::CACHE_CONTROL,
+                "public, max-age=31536000, immutable".to_owned(),
+            ),
         ],
         body,
     )
         .into_response()
+}
+
+/// The first 16 hex digits of the SHA-256 of `body`, computed once per asset.
+fn version(cell: &'static std::sync::OnceLock<String>, body: &str) -> &'static str {
+    cell.get_or_init(|| {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(body.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
+/// `/assets/gantry.css?v=…` and `/assets/gantry.js?v=…`, as pages link them.
+pub(crate) fn asset_urls() -> (String, String) {
+    static CSS_V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static JS_V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        format!("/assets/gantry.css?v={}", version(&CSS_V, CSS)),
+        format!("/assets/gantry.js?v={}", version(&JS_V, JS)),
+    )
 }
 
 /// A page, or the sign-in page when reads need the token and none came with the request.
