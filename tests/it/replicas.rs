@@ -28,30 +28,6 @@ fn var(name: &str, what: &str) -> String {
     })
 }
 
-/// A new, empty database on the test PostgreSQL server.
-async fn fresh_database() -> String {
-    use sqlx::Executor;
-    let server = var("GANTRY_TEST_DATABASE_URL", "the test PostgreSQL server");
-    sqlx::any::install_default_drivers();
-    let name = format!(
-        "gantry_replicas_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-    );
-    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&server)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {server}: {e}"));
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-    format!("{base}/{name}")
-}
-
 /// `kubectl` of the test cluster as its admin, with `stdin`; its stdout.
 fn kubectl(args: &[&str], stdin: &str) -> String {
     let bin = PathBuf::from(var("GANTRY_TEST_CLUSTER_BIN", "the test cluster")).join("kubectl");
@@ -156,7 +132,7 @@ async fn wait_status(gantry: &Gantry, run: &str, status: &str, limit: Duration) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_engine_the_follower_serves_and_takes_over_when_the_leader_dies() {
-    let database = fresh_database().await;
+    let database = gantry_store::testing::fresh_postgres_database().await;
     let tmp = tempfile::tempdir().unwrap();
     let ns = format!("gantry-replicas-{}", std::process::id());
     kubectl(&["create", "namespace", &ns], "");

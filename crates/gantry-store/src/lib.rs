@@ -16,6 +16,8 @@ mod outbox;
 mod queue;
 mod requests;
 mod runs;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 use std::borrow::Cow;
 use std::time::Duration;

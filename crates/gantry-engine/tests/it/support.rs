@@ -253,24 +253,5 @@ pub fn pipeline(jobs: &[(&str, &[&str])]) -> String {
 /// A new, empty database on the test PostgreSQL server (`GANTRY_TEST_DATABASE_URL`; `./dev test`
 /// starts one). Fails, never skips, without one.
 pub async fn postgres_url() -> String {
-    let server = match std::env::var("GANTRY_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => panic!(
-            "GANTRY_TEST_DATABASE_URL is not set: the PostgreSQL tests need a server. Run the \
-             tests through `./dev test`, or start one with `scripts/pg-test-server start /tmp/pg` \
-             and `export GANTRY_TEST_DATABASE_URL=$(scripts/pg-test-server url /tmp/pg)`"
-        ),
-    };
-    use sqlx::Executor;
-    sqlx::any::install_default_drivers();
-    let name = format!("gantry_e_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&server)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {server}: {e}"));
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-    format!("{base}/{name}")
+    gantry_store::testing::fresh_postgres_database().await
 }

@@ -10,7 +10,7 @@ use gantry_store::{
     repo_key,
 };
 
-use crate::support::{self, TestDb};
+use crate::support::TestDb;
 
 /// Runs each test against SQLite and against PostgreSQL.
 macro_rules! on_both {
@@ -642,8 +642,12 @@ async fn unknown_database_urls_are_refused() {
 fn the_postgres_half_needs_a_server_url_and_says_how_to_get_one() {
     // Only meaningful when it is unset; otherwise the URL is returned.
     if std::env::var("GANTRY_TEST_DATABASE_URL").is_err() {
-        let err = std::panic::catch_unwind(support::pg_server_url).unwrap_err();
-        let message = err.downcast_ref::<String>().unwrap();
+        let err = std::panic::catch_unwind(gantry_store::testing::postgres_server_url).unwrap_err();
+        let message = err
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| err.downcast_ref::<&str>().copied())
+            .unwrap();
         assert!(message.contains("./dev test"), "{message}");
     }
 }
