@@ -4,4 +4,6 @@ mod client;
 mod webhook;
 
 pub use client::{GitlabClient, status_state};
-pub use webhook::{DELIVERY_HEADER, EVENT_HEADER, TOKEN_HEADER, delivery_id, receive};
+pub use webhook::{
+    DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TOKEN_HEADER, delivery_id, receive, receive_at,
+};

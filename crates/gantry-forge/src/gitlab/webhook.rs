@@ -1,5 +1,7 @@
-//! GitLab webhook deliveries: the shared secret in `X-Gitlab-Token`, the event in
-//! `X-Gitlab-Event` (and `object_kind`), the delivery id in `X-Gitlab-Event-UUID`.
+//! GitLab webhook deliveries: signed with a signing token (`whsec_…`; Standard Webhooks:
+//! `webhook-signature`, `webhook-id`, `webhook-timestamp`, refused beyond 5 minutes of skew) or
+//! carrying the shared secret in `X-Gitlab-Token`; the event in `X-Gitlab-Event` (and
+//! `object_kind`), the delivery id in `X-Gitlab-Event-UUID`.
 
 use gantry_core::{Event, ForgeKind, PullRequest, RepoRef, Trigger};
 use http::HeaderMap;
@@ -10,6 +12,8 @@ use crate::verify::{self, VerifyError, header};
 use crate::webhook::{Delivery, Incoming, ParseError, Parsed, Push, WebhookError, json};
 
 pub const TOKEN_HEADER: &str = "x-gitlab-token";
+/// A signing token's signature (Standard Webhooks), with `webhook-id` and `webhook-timestamp`.
+pub const SIGNATURE_HEADER: &str = "webhook-signature";
 pub const EVENT_HEADER: &str = "x-gitlab-event";
 pub const DELIVERY_HEADER: &str = "x-gitlab-event-uuid";
 
@@ -25,10 +29,37 @@ pub fn receive(
     body: &[u8],
     secrets: &WebhookSecrets,
 ) -> Result<Delivery, WebhookError> {
+    receive_at(headers, body, secrets, chrono::Utc::now().timestamp())
+}
+
+/// [`receive`] as if the time were `now` (Unix seconds), for signed timestamps in tests.
+#[doc(hidden)]
+pub fn receive_at(
+    headers: &HeaderMap,
+    body: &[u8],
+    secrets: &WebhookSecrets,
+    now: i64,
+) -> Result<Delivery, WebhookError> {
     verify::require_secrets(secrets)?;
-    let token =
-        header(headers, TOKEN_HEADER).ok_or(VerifyError::MissingHeader("X-Gitlab-Token"))?;
-    let verified = verify::shared_token(token, body, secrets)?;
+    // A signing token (Standard Webhooks) when the delivery is signed; else the secret token.
+    let verified = match header(headers, SIGNATURE_HEADER) {
+        Some(signatures) => {
+            let signed = verify::StandardSignature {
+                id: header(headers, "webhook-id")
+                    .ok_or(VerifyError::MissingHeader("webhook-id"))?,
+                timestamp: header(headers, "webhook-timestamp")
+                    .ok_or(VerifyError::MissingHeader("webhook-timestamp"))?,
+                signatures,
+            };
+            verify::standard_webhooks(&signed, body, secrets, now)?
+        }
+        None => {
+            let token = header(headers, TOKEN_HEADER).ok_or(VerifyError::MissingHeader(
+                "X-Gitlab-Token (or webhook-signature)",
+            ))?;
+            verify::shared_token(token, body, secrets)?
+        }
+    };
     let kind: Kind = json(verified.body())?;
     let event = header(headers, EVENT_HEADER)
         .map(str::to_owned)

@@ -133,7 +133,7 @@ fn tokens_are_checked_before_parsing() {
     let secrets = WebhookSecrets::global(["old", TOKEN]);
     assert_eq!(
         check(&[("x-gitlab-event", "Push Hook")], &secrets),
-        VerifyError::MissingHeader("X-Gitlab-Token")
+        VerifyError::MissingHeader("X-Gitlab-Token (or webhook-signature)")
     );
     assert_eq!(
         check(&[("x-gitlab-token", "wrong")], &secrets),
@@ -167,4 +167,113 @@ fn a_group_scoped_token_covers_the_group_s_projects_only() {
             VerifyError::SecretNotForRepository(_)
         ))
     ));
+}
+
+/// Deliveries signed with a GitLab signing token (Standard Webhooks), as the `standardwebhooks`
+/// reference library signs them (tests/node/gen-gitlab-fixtures.mjs).
+#[derive(serde::Deserialize)]
+struct Signed {
+    secret: String,
+    id: String,
+    timestamp: i64,
+    deliveries: Vec<SignedDelivery>,
+}
+
+#[derive(serde::Deserialize)]
+struct SignedDelivery {
+    file: String,
+    signature: String,
+}
+
+fn signed_headers(s: &Signed, signature: &str, event: &str) -> http::HeaderMap {
+    headers(&[
+        ("x-gitlab-event", event),
+        ("x-gitlab-event-uuid", "e-signed"),
+        ("webhook-id", &s.id),
+        ("webhook-timestamp", &s.timestamp.to_string()),
+        ("webhook-signature", signature),
+    ])
+}
+
+#[test]
+fn a_signing_token_verifies_as_standard_webhooks_signs_it_and_refuses_replays() {
+    let s: Signed = serde_json::from_slice(&fixture("gitlab", "signing-token.json")).unwrap();
+    // A signing token and an old secret token side by side, as during a migration.
+    let secrets = WebhookSecrets::global([s.secret.as_str(), TOKEN]);
+    let at = |now: i64, signature: &str, file: &str| {
+        gitlab::receive_at(
+            &signed_headers(&s, signature, "Push Hook"),
+            &fixture("gitlab", file),
+            &secrets,
+            now,
+        )
+    };
+    for d in &s.deliveries {
+        let delivered = at(s.timestamp + 30, &d.signature, &d.file).unwrap();
+        assert_eq!(delivered.id.as_deref(), Some("e-signed"));
+        // Several signatures (a rotation): any valid one is enough.
+        let several = format!(
+            "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= {}",
+            d.signature
+        );
+        assert!(at(s.timestamp - 30, &several, &d.file).is_ok());
+    }
+    let push = &s.deliveries[0];
+    let refused = |r: Result<gantry_forge::Delivery, WebhookError>| match r {
+        Err(WebhookError::Unauthorized(e)) => e,
+        other => panic!("expected 401, got {other:?}"),
+    };
+    // A replay ten minutes later, or a timestamp from the future.
+    assert!(matches!(
+        refused(at(s.timestamp + 600, &push.signature, &push.file)),
+        VerifyError::StaleTimestamp(600)
+    ));
+    assert!(matches!(
+        refused(at(s.timestamp - 600, &push.signature, &push.file)),
+        VerifyError::StaleTimestamp(-600)
+    ));
+    // Another body under the same signature, and another key.
+    assert_eq!(
+        refused(at(s.timestamp, &push.signature, "tag_push.json")),
+        VerifyError::Mismatch
+    );
+    let other = WebhookSecrets::global(["whsec_b3RoZXItb3RoZXItb3RoZXItb3RoZXIta2V5"]);
+    assert_eq!(
+        refused(gitlab::receive_at(
+            &signed_headers(&s, &push.signature, "Push Hook"),
+            &fixture("gitlab", &push.file),
+            &other,
+            s.timestamp,
+        )),
+        VerifyError::Mismatch
+    );
+    // The secret token alone never verifies a signature, nor does a malformed one.
+    let token_only = WebhookSecrets::global([TOKEN]);
+    assert_eq!(
+        refused(gitlab::receive_at(
+            &signed_headers(&s, &push.signature, "Push Hook"),
+            &fixture("gitlab", &push.file),
+            &token_only,
+            s.timestamp,
+        )),
+        VerifyError::Mismatch
+    );
+    assert!(matches!(
+        refused(at(s.timestamp, "v1,not-base64!", &push.file)),
+        VerifyError::MalformedSignature(_)
+    ));
+    // Without webhook-id the signature cannot be checked.
+    let mut h = signed_headers(&s, &push.signature, "Push Hook");
+    h.remove("webhook-id");
+    assert_eq!(
+        refused(gitlab::receive_at(
+            &h,
+            &fixture("gitlab", &push.file),
+            &secrets,
+            s.timestamp
+        )),
+        VerifyError::MissingHeader("webhook-id")
+    );
+    // The secret token still works for hooks that have no signing token.
+    assert!(deliver("Push Hook", "push.json").is_ok());
 }

@@ -160,7 +160,8 @@ pub struct GithubArgs {
 
 #[derive(Debug, Args)]
 pub struct GitlabArgs {
-    /// Token GitLab sends with webhooks (X-Gitlab-Token).
+    /// The webhook's secret token (sent as X-Gitlab-Token), or its signing token (`whsec_…`:
+    /// deliveries signed with webhook-signature, refused beyond 5 minutes of clock skew).
     #[arg(long, env = "GANTRY_GITLAB_WEBHOOK_TOKEN", hide_env_values = true)]
     pub gitlab_webhook_token: Option<String>,
     /// The GitLab instance.
