@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -503,10 +503,12 @@ impl Runner {
                 self.send(JobEventKind::Started).await;
             }
             Action::StepStarted(i) => {
-                if let Some(limit) = self.job.spec.steps[i].timeout {
-                    self.step_deadline = Some((Instant::now() + limit, i));
-                }
                 self.send(JobEventKind::StepStarted { step: i }).await;
+            }
+            Action::StepRunning(i, since) => {
+                if let Some(limit) = self.job.spec.steps[i].timeout {
+                    self.step_deadline = Some((step_deadline(limit, since), i));
+                }
             }
             Action::OpenLog { step: i, ended } => {
                 let (ended_tx, ended) = watch::channel(ended);
@@ -560,6 +562,16 @@ impl Runner {
             }
         }
     }
+}
+
+/// When a step that may run for `limit` has to end: `limit` after its container started, per
+/// its status (which also holds for a step that started while Gantry was down; a deadline
+/// already past is now), or after now when the status does not say.
+fn step_deadline(limit: Duration, since: Option<SystemTime>) -> Instant {
+    let ran = since
+        .and_then(|s| SystemTime::now().duration_since(s).ok())
+        .unwrap_or_default();
+    Instant::now() + limit.saturating_sub(ran)
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -3,6 +3,7 @@
 //! feeding it objects.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use gantry_core::{JobRequest, Resume, State, StatusCondition, StepOutcome};
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod};
@@ -24,6 +25,9 @@ const STUCK: [&str; 5] = [
 pub(crate) enum Action {
     Started,
     StepStarted(usize),
+    /// The step's container is running (a fresh start or one found on a re-attach), since
+    /// when its status says: the step's timeout counts from then.
+    StepRunning(usize, Option<SystemTime>),
     /// Open the step's log stream (timestamps; followed unless its container had `ended`).
     OpenLog {
         step: usize,
@@ -211,6 +215,13 @@ impl Tracker {
                 if !skipped {
                     if !self.start_stored[i] {
                         out.push(Action::StepStarted(i));
+                    }
+                    if done.is_none() {
+                        let since = state
+                            .and_then(|s| s.running.as_ref())
+                            .and_then(|r| r.started_at.as_ref())
+                            .map(|t| SystemTime::from(t.0));
+                        out.push(Action::StepRunning(i, since));
                     }
                     out.push(Action::OpenLog {
                         step: i,
@@ -488,6 +499,61 @@ mod tests {
                 Action::StepFinished(1, error),
                 Action::StepFinished(2, skipped),
                 Action::Finished(State::Error, Some(gone)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_running_step_says_since_when_whether_its_start_is_stored_or_not() {
+        use k8s_openapi::api::core::v1::{ContainerStateRunning, PodStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let started = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let running = |started_at: Option<Time>| ContainerStatus {
+            name: names::step_container(0),
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning { started_at }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        };
+        let pod = |c: ContainerStatus| Pod {
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                container_statuses: Some(vec![c]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        let since = Some(SystemTime::from(started));
+        let resume = Resume {
+            started: true,
+            steps: vec![StepResume {
+                state: State::Running,
+                ..StepResume::queued()
+            }],
+        };
+        let mut resumed = Tracker::resumed(&job(1), &resume);
+        assert_eq!(
+            resumed.observe(&pod(running(Some(Time(started))))),
+            [
+                Action::StepRunning(0, since),
+                Action::OpenLog {
+                    step: 0,
+                    ended: false
+                },
+            ]
+        );
+        let mut fresh = Tracker::new(&job(1));
+        assert_eq!(
+            fresh.observe(&pod(running(None))),
+            [
+                Action::Started,
+                Action::StepStarted(0),
+                Action::StepRunning(0, None),
+                Action::OpenLog {
+                    step: 0,
+                    ended: false
+                },
             ]
         );
     }

@@ -970,3 +970,107 @@ async fn failing_log_opens_back_off_and_a_vanished_pod_stops_them() {
         "a gone pod's log is not asked for again"
     );
 }
+
+/// A step's container running since `ago`, as its status says.
+fn running_since(name: &str, ago: Duration) -> k8s_openapi::api::core::v1::ContainerStatus {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    let ago = SignedDuration::try_from(ago).unwrap();
+    k8s_openapi::api::core::v1::ContainerStatus {
+        state: Some(ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(Time(Timestamp::now() - ago)),
+            }),
+            ..ContainerState::default()
+        }),
+        ..fake::running(name)
+    }
+}
+
+/// A re-attach to `job`'s pod, its checkout done and step 0 running for `ago` per its status,
+/// the store holding the step's start (`start_stored`) or not; the events to the end and how long
+/// after the re-attach the end came.
+async fn reattach_running_since(
+    job: &JobRequest,
+    ago: Duration,
+    start_stored: bool,
+) -> (Vec<String>, Duration) {
+    let pod = names::pod_name(job.job_id, 1);
+    let fake = FakeApi::default();
+    let mut p = pod_of(job, "Running");
+    let status = p.status.as_mut().unwrap();
+    fake::set(status, fake::terminated("clone", 0, None, None), false);
+    fake::set(status, running_since("step-0", ago), true);
+    fake.insert(p);
+    fake.script_log(
+        &pod,
+        "step-0",
+        LogReply {
+            lines: vec![],
+            hold: true,
+        },
+    );
+    let h = harness_with(fake, false);
+    let (tx, mut rx) = mpsc::channel(64);
+    let resume = Resume {
+        started: start_stored,
+        steps: vec![if start_stored {
+            stored(State::Running, 0, None)
+        } else {
+            StepResume::queued()
+        }],
+    };
+    let at = tokio::time::Instant::now();
+    assert!(h.backend.reattach(job.clone(), resume, tx).await.unwrap());
+    let events = shape(&until_finished(&mut rx).await);
+    let took = at.elapsed();
+    assert_eq!(
+        h.fake.pod_names(),
+        Vec::<String>::new(),
+        "the pod is deleted"
+    );
+    (events, took)
+}
+
+fn timed(steps: &[&str], timeout: Duration) -> JobRequest {
+    let mut job = job(steps);
+    job.spec.steps[0].timeout = Some(timeout);
+    job
+}
+
+#[tokio::test]
+async fn a_step_running_past_its_timeout_at_a_re_attach_times_out_at_once() {
+    let job = timed(&["build"], Duration::from_secs(60));
+    let (events, took) = reattach_running_since(&job, Duration::from_secs(3600), true).await;
+    assert_eq!(
+        events,
+        [
+            "log 0 #1 timed out after 60s; deleting the pod",
+            "step 0 failure",
+            "finished failure: step \"build\" failed: timed out after 60s",
+        ]
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_step_that_started_while_gantry_was_down_times_out_counted_from_its_real_start() {
+    // Started 2 s before the re-attach with 4 s to run: it ends 2 s after, not 4 s.
+    let job = timed(&["build"], Duration::from_secs(4));
+    let (events, took) = reattach_running_since(&job, Duration::from_secs(2), false).await;
+    assert_eq!(
+        events,
+        [
+            "started",
+            "step 0 started",
+            "log 0 #1 timed out after 4s; deleting the pod",
+            "step 0 failure",
+            "finished failure: step \"build\" failed: timed out after 4s",
+        ]
+    );
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(3500),
+        "took {took:?}"
+    );
+}
