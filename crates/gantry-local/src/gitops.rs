@@ -47,15 +47,26 @@ async fn try_bump(ctx: &mut StepContext<'_>, step: &GitopsStep) -> Result<StepRe
         );
         return Err(fail(ctx, reason).await);
     };
-    let root = ctx
-        .config
-        .work_root
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
-    let scratch = match tempfile::Builder::new()
-        .prefix("gantry-gitops-")
-        .tempdir_in(&root)
-    {
+    // Beside the workspace, named after it: should Gantry die during the step, the next start
+    // removes it with the workspace (see `leftovers`).
+    let (root, prefix) = match (ctx.workspace.parent(), ctx.workspace.file_name()) {
+        (Some(parent), Some(name)) => (
+            parent.to_owned(),
+            format!(
+                "{}{}",
+                name.to_string_lossy(),
+                crate::leftovers::SCRATCH_INFIX
+            ),
+        ),
+        _ => (
+            ctx.config
+                .work_root
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
+            "gantry-gitops-".to_owned(),
+        ),
+    };
+    let scratch = match tempfile::Builder::new().prefix(&prefix).tempdir_in(&root) {
         Ok(dir) => dir,
         Err(e) => {
             let reason = format!("cannot create a directory in {}: {e}", root.display());

@@ -418,7 +418,43 @@ fn find(root: &Path, me: &Owner) -> Vec<Leftover> {
     found
 }
 
+/// Between a workspace's name and a random suffix: a gitops step's scratch clone,
+/// `<workspace>.gitops-XXXX`, beside the workspace.
+pub(crate) const SCRATCH_INFIX: &str = ".gitops-";
+
+/// Scratch directories of the attempt's steps, beside its workspace: always removed (they
+/// hold nothing anyone keeps).
+fn remove_scratch(l: &Leftover) {
+    let (Some(parent), Some(name)) = (l.workspace.parent(), l.workspace.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}{SCRATCH_INFIX}", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix)
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            let path = entry.path();
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::warn!(
+                    job = %l.record.job_id,
+                    scratch = %path.display(),
+                    "removed a step's scratch directory left by a Gantry process that died"
+                ),
+                Err(e) => tracing::warn!(
+                    scratch = %path.display(),
+                    error = %e,
+                    "cannot remove a step's scratch directory left by a Gantry process that died"
+                ),
+            }
+        }
+    }
+}
+
 fn remove_workspace(l: &Leftover) {
+    remove_scratch(l);
     let path = &l.workspace;
     let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
     if !is_dir {

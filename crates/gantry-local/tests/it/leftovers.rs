@@ -116,6 +116,8 @@ async fn a_dead_gantrys_step_processes_and_workspace_are_removed_by_the_next_bac
     );
     let grandchild = read_pid(&pid_file).await;
     write_record(&ws, dead_owner(), &[(leader.id(), start_time(leader.id()))]);
+    // And the scratch clone of a gitops step that was running, beside the workspace.
+    std::fs::create_dir_all(root.path().join("gantry-job-left.gitops-x1/config/.git")).unwrap();
 
     let backend = backend_on(root.path());
     cleaned(&backend).await;
