@@ -518,22 +518,18 @@ impl Logs {
     ) {
         tokio::pin!(stop);
         loop {
-            let sweep = async {
-                if self.is_writer() {
-                    self.sweep(retention.clone()).await
-                } else {
-                    Ok(SweepReport::default())
+            // Only the writer applies retention (see `set_writer`).
+            if self.is_writer() {
+                match self.sweep(retention.clone()).await {
+                    Ok(r) if r.attempts_deleted > 0 => tracing::info!(
+                        attempts = r.attempts_deleted,
+                        bytes = r.bytes_deleted,
+                        kept = r.bytes_kept,
+                        "deleted old step logs"
+                    ),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(%err, "log retention sweep failed"),
                 }
-            };
-            match sweep.await {
-                Ok(r) if r.attempts_deleted > 0 => tracing::info!(
-                    attempts = r.attempts_deleted,
-                    bytes = r.bytes_deleted,
-                    kept = r.bytes_kept,
-                    "deleted old step logs"
-                ),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(%err, "log retention sweep failed"),
             }
             tokio::select! {
                 _ = &mut stop => return,

@@ -175,41 +175,52 @@ impl LogStore {
         }
     }
 
-    /// Steps that ended but are not marked as archived, oldest attempt directories first
-    /// (in no particular order within one).
+    /// Steps that ended but are not marked as archived.
     pub fn unarchived(&self) -> io::Result<Vec<StepKey>> {
         let mut keys = Vec::new();
-        let jobs = match fs::read_dir(&self.root) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(keys),
-            Err(e) => return Err(e),
-        };
-        for job in jobs.flatten() {
-            let Ok(job_id) = job.file_name().to_string_lossy().parse::<JobId>() else {
-                continue;
-            };
-            for attempt in fs::read_dir(job.path()).into_iter().flatten().flatten() {
-                let Ok(n) = attempt.file_name().to_string_lossy().parse::<u32>() else {
+        for (job, attempt, dir) in self.attempt_dirs()? {
+            for file in fs::read_dir(dir)?.flatten() {
+                let name = file.file_name();
+                let Some(step) = name
+                    .to_string_lossy()
+                    .strip_suffix(".end")
+                    .and_then(|s| s.parse::<usize>().ok())
+                else {
                     continue;
                 };
-                for file in fs::read_dir(attempt.path())?.flatten() {
-                    let name = file.file_name();
-                    let Some(step) = name
-                        .to_string_lossy()
-                        .strip_suffix(".end")
-                        .and_then(|s| s.parse::<usize>().ok())
-                    else {
-                        continue;
-                    };
-                    let key = StepKey::new(job_id, n, step);
-                    let files = self.files(key);
-                    if files.log.exists() && !files.archived.exists() {
-                        keys.push(key);
-                    }
+                let key = StepKey::new(job, attempt, step);
+                let files = self.files(key);
+                if files.log.exists() && !files.archived.exists() {
+                    keys.push(key);
                 }
             }
         }
         Ok(keys)
+    }
+
+    /// Every attempt's directory, `root/JOB/ATTEMPT`, with its job and attempt; other entries
+    /// are ignored, a missing root holds none.
+    fn attempt_dirs(&self) -> io::Result<Vec<(JobId, u32, PathBuf)>> {
+        let jobs = match fs::read_dir(&self.root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut dirs = Vec::new();
+        for job in jobs.flatten() {
+            let Ok(job_id) = job.file_name().to_string_lossy().parse::<JobId>() else {
+                continue;
+            };
+            let Ok(attempts) = fs::read_dir(job.path()) else {
+                continue;
+            };
+            for attempt in attempts.flatten() {
+                if let Ok(n) = attempt.file_name().to_string_lossy().parse::<u32>() {
+                    dirs.push((job_id, n, attempt.path()));
+                }
+            }
+        }
+        Ok(dirs)
     }
 
     /// Opens a step's log for appending, repairing it first (a crash may have left it).
@@ -250,14 +261,7 @@ impl LogStore {
             (Err(e), _) | (_, Err(e)) => return Err(e),
         };
         let log_len = log.metadata()?.len();
-        let mut entries = index.metadata()?.len() / 8;
-        while entries > 0 && read_entry(&index, entries - 1)? >= log_len {
-            entries -= 1;
-        }
-        if entries > 0 && find_newline(&log, read_entry(&index, entries - 1)?, log_len)?.is_none() {
-            entries -= 1;
-        }
-        Ok(entries)
+        Ok(indexed_records(&log, &index, log_len)?.0)
     }
 
     /// Makes the index match the log: entries past the log's end go, complete records the
@@ -277,25 +281,7 @@ impl LogStore {
             .create(true)
             .truncate(false)
             .open(&files.index)?;
-        let mut entries = index.metadata()?.len() / 8;
-        // Drop entries that point at or past the end of the log.
-        while entries > 0 && read_entry(&index, entries - 1)? >= log_len {
-            entries -= 1;
-        }
-        // Where the first unindexed record starts: after the last indexed one.
-        let mut next = if entries == 0 {
-            0
-        } else {
-            let last = read_entry(&index, entries - 1)?;
-            match find_newline(&log, last, log_len)? {
-                Some(nl) => nl + 1,
-                None => {
-                    // The last indexed record is torn: drop it.
-                    entries -= 1;
-                    last
-                }
-            }
-        };
+        let (mut entries, mut next) = indexed_records(&log, &index, log_len)?;
         let mut added = Vec::new();
         while next < log_len {
             match find_newline(&log, next, log_len)? {
@@ -431,37 +417,21 @@ impl LogStore {
             live: bool,
         }
         let mut attempts = Vec::new();
-        let jobs = match fs::read_dir(&self.root) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SweepReport::default()),
-            Err(e) => return Err(e),
-        };
-        for job in jobs.flatten() {
-            let Ok(job_id) = job.file_name().to_string_lossy().parse::<JobId>() else {
-                continue;
-            };
-            let Ok(dirs) = fs::read_dir(job.path()) else {
-                continue;
-            };
-            for attempt in dirs.flatten() {
-                let Ok(n) = attempt.file_name().to_string_lossy().parse::<u32>() else {
-                    continue;
-                };
-                let mut bytes = 0;
-                let mut modified = SystemTime::UNIX_EPOCH;
-                for file in fs::read_dir(attempt.path())?.flatten() {
-                    if let Ok(meta) = file.metadata() {
-                        bytes += meta.len();
-                        modified = modified.max(meta.modified().unwrap_or(modified));
-                    }
+        for (job_id, n, dir) in self.attempt_dirs()? {
+            let mut bytes = 0;
+            let mut modified = SystemTime::UNIX_EPOCH;
+            for file in fs::read_dir(&dir)?.flatten() {
+                if let Ok(meta) = file.metadata() {
+                    bytes += meta.len();
+                    modified = modified.max(meta.modified().unwrap_or(modified));
                 }
-                attempts.push(Attempt {
-                    dir: attempt.path(),
-                    bytes,
-                    modified,
-                    live: live.contains(&(job_id, n)),
-                });
             }
+            attempts.push(Attempt {
+                dir,
+                bytes,
+                modified,
+                live: live.contains(&(job_id, n)),
+            });
         }
         attempts.sort_by_key(|a| a.modified);
         let mut report = SweepReport {
@@ -491,6 +461,24 @@ impl LogStore {
         }
         Ok(report)
     }
+}
+
+/// The index entries that point at complete records of a log `log_len` long, and where the
+/// first record past them starts: entries at or past the log's end do not count, nor does a torn
+/// last record (no `\n`; it starts where the next record would). Reads only.
+fn indexed_records(log: &File, index: &File, log_len: u64) -> io::Result<(u64, u64)> {
+    let mut entries = index.metadata()?.len() / 8;
+    while entries > 0 && read_entry(index, entries - 1)? >= log_len {
+        entries -= 1;
+    }
+    if entries == 0 {
+        return Ok((0, 0));
+    }
+    let last = read_entry(index, entries - 1)?;
+    Ok(match find_newline(log, last, log_len)? {
+        Some(nl) => (entries, nl + 1),
+        None => (entries - 1, last),
+    })
 }
 
 fn read_entry(index: &File, n: u64) -> io::Result<u64> {
