@@ -95,6 +95,24 @@ async fn after_a_crash_every_run_reaches_a_true_final_state_and_no_status_is_los
     }
 }
 
+/// Sends `kinds` as the events of `job`'s attempt, in order (a receiver gone is ignored).
+async fn send_all(
+    events: &EventSender,
+    job: &JobRequest,
+    kinds: impl IntoIterator<Item = JobEventKind>,
+) {
+    for kind in kinds {
+        let _ = events
+            .send(JobEvent {
+                job_id: job.job_id,
+                attempt: job.attempt,
+                at: gantry_core::now(),
+                kind,
+            })
+            .await;
+    }
+}
+
 /// A backend that finds every attempt still there and lets it succeed.
 struct StillThere;
 
@@ -108,7 +126,7 @@ impl Reattach for StillThere {
     ) -> Result<bool, BackendError> {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            for kind in [
+            let kinds = [
                 JobEventKind::StepFinished {
                     step: 0,
                     outcome: gantry_core::StepOutcome {
@@ -121,16 +139,8 @@ impl Reattach for StillThere {
                     state: State::Success,
                     reason: None,
                 },
-            ] {
-                let _ = events
-                    .send(JobEvent {
-                        job_id: job.job_id,
-                        attempt: job.attempt,
-                        at: gantry_core::now(),
-                        kind,
-                    })
-                    .await;
-            }
+            ];
+            send_all(&events, &job, kinds).await;
         });
         Ok(true)
     }
@@ -188,7 +198,7 @@ impl Reattach for Repeats {
             reason: None,
         };
         tokio::spawn(async move {
-            for kind in [
+            let kinds = [
                 JobEventKind::Started,
                 JobEventKind::StepStarted { step: 0 },
                 JobEventKind::StepStarted { step: 1 },
@@ -201,16 +211,8 @@ impl Reattach for Repeats {
                     state: State::Success,
                     reason: None,
                 },
-            ] {
-                let _ = events
-                    .send(JobEvent {
-                        job_id: job.job_id,
-                        attempt: job.attempt,
-                        at: gantry_core::now(),
-                        kind,
-                    })
-                    .await;
-            }
+            ];
+            send_all(&events, &job, kinds).await;
         });
         Ok(true)
     }
