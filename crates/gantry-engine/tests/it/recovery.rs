@@ -228,12 +228,18 @@ async fn a_re_attached_attempt_keeps_the_steps_that_ended_and_their_logs() {
             "jobs:\n  build:\n    steps:\n      - { run: a, allow_failure: true }\n      - run: b\n",
         )
         .await;
+    // Running, and its first line stored: the step's start is recorded before its output
+    // arrives, and a shutdown in between would leave no line to count.
     let before = h
-        .wait_run(id, "step 1 to run", |r| {
-            job(r, "build")
+        .wait_run(id, "step 1 to run and its line to be stored", |r| {
+            let build = job(r, "build");
+            build
                 .steps
                 .get(1)
                 .is_some_and(|s| s.state == State::Running)
+                && h.logs()
+                    .read(gantry_logs::StepKey::new(build.id, 1, 1), 1, 1, u64::MAX)
+                    .is_ok_and(|lines| lines.len() == 1)
         })
         .await;
     let step0 = job(&before, "build").steps[0].clone();
