@@ -972,36 +972,48 @@ async fn failing_log_opens_back_off_and_a_vanished_pod_stops_them() {
 }
 
 /// A step's container running since `ago`, as its status says.
-fn running_since(name: &str, ago: Duration) -> k8s_openapi::api::core::v1::ContainerStatus {
+/// A container running since `ago` before now, and that start as the API gives it: in whole
+/// seconds (a pod status keeps no fraction), so up to a second earlier than asked.
+fn running_since(
+    name: &str,
+    ago: Duration,
+) -> (
+    k8s_openapi::api::core::v1::ContainerStatus,
+    std::time::SystemTime,
+) {
     use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::{SignedDuration, Timestamp};
     let ago = SignedDuration::try_from(ago).unwrap();
-    k8s_openapi::api::core::v1::ContainerStatus {
+    let started = Timestamp::from_second((Timestamp::now() - ago).as_second()).unwrap();
+    let status = k8s_openapi::api::core::v1::ContainerStatus {
         state: Some(ContainerState {
             running: Some(ContainerStateRunning {
-                started_at: Some(Time(Timestamp::now() - ago)),
+                started_at: Some(Time(started)),
             }),
             ..ContainerState::default()
         }),
         ..fake::running(name)
-    }
+    };
+    (status, std::time::SystemTime::from(started))
 }
 
 /// A re-attach to `job`'s pod, its checkout done and step 0 running for `ago` per its status,
-/// the store holding the step's start (`start_stored`) or not; the events to the end and how long
-/// after the re-attach the end came.
+/// the store holding the step's start (`start_stored`) or not; the events to the end, how long
+/// after the re-attach the end came, and how long the step had run (per its status) at the
+/// re-attach.
 async fn reattach_running_since(
     job: &JobRequest,
     ago: Duration,
     start_stored: bool,
-) -> (Vec<String>, Duration) {
+) -> (Vec<String>, Duration, Duration) {
     let pod = names::pod_name(job.job_id, 1);
     let fake = FakeApi::default();
     let mut p = pod_of(job, "Running");
     let status = p.status.as_mut().unwrap();
     fake::set(status, fake::terminated("clone", 0, None, None), false);
-    fake::set(status, running_since("step-0", ago), true);
+    let (running, started) = running_since("step-0", ago);
+    fake::set(status, running, true);
     fake.insert(p);
     fake.script_log(
         &pod,
@@ -1022,6 +1034,9 @@ async fn reattach_running_since(
         }],
     };
     let at = tokio::time::Instant::now();
+    let ran = std::time::SystemTime::now()
+        .duration_since(started)
+        .unwrap();
     assert!(h.backend.reattach(job.clone(), resume, tx).await.unwrap());
     let events = shape(&until_finished(&mut rx).await);
     let took = at.elapsed();
@@ -1030,7 +1045,7 @@ async fn reattach_running_since(
         Vec::<String>::new(),
         "the pod is deleted"
     );
-    (events, took)
+    (events, took, ran)
 }
 
 fn timed(steps: &[&str], timeout: Duration) -> JobRequest {
@@ -1042,7 +1057,7 @@ fn timed(steps: &[&str], timeout: Duration) -> JobRequest {
 #[tokio::test]
 async fn a_step_running_past_its_timeout_at_a_re_attach_times_out_at_once() {
     let job = timed(&["build"], Duration::from_secs(60));
-    let (events, took) = reattach_running_since(&job, Duration::from_secs(3600), true).await;
+    let (events, took, _) = reattach_running_since(&job, Duration::from_secs(3600), true).await;
     assert_eq!(
         events,
         [
@@ -1056,9 +1071,11 @@ async fn a_step_running_past_its_timeout_at_a_re_attach_times_out_at_once() {
 
 #[tokio::test]
 async fn a_step_that_started_while_gantry_was_down_times_out_counted_from_its_real_start() {
-    // Started 2 s before the re-attach with 4 s to run: it ends 2 s after, not 4 s.
+    // Started 2 s before the re-attach (up to 3 s: the status keeps whole seconds) with 4 s to
+    // run: it ends what is left of the 4 s after the re-attach, not 4 s after.
     let job = timed(&["build"], Duration::from_secs(4));
-    let (events, took) = reattach_running_since(&job, Duration::from_secs(2), false).await;
+    let (events, took, ran) = reattach_running_since(&job, Duration::from_secs(2), false).await;
+    let left = Duration::from_secs(4) - ran;
     assert_eq!(
         events,
         [
@@ -1070,7 +1087,7 @@ async fn a_step_that_started_while_gantry_was_down_times_out_counted_from_its_re
         ]
     );
     assert!(
-        took >= Duration::from_millis(1500) && took < Duration::from_millis(3500),
-        "took {took:?}"
+        took + Duration::from_millis(500) >= left && took < left + Duration::from_millis(1500),
+        "took {took:?}, {left:?} were left"
     );
 }
