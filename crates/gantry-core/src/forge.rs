@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::{CommitStatus, ForgeKind, RepoRef};
+use crate::{CommitStatus, ForgeKind, RepoRef, Secret};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForgeError {
@@ -29,7 +29,24 @@ impl ForgeError {
     }
 }
 
-/// A forge: reads pipeline files at a commit and receives commit statuses.
+/// A username and token with which git clones one repository over HTTPS. The token never
+/// prints: `Debug` shows the username only.
+#[derive(Clone)]
+pub struct GitCredentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+impl std::fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A forge: reads pipeline files at a commit, receives commit statuses, and may lend a job
+/// credentials to clone the repository.
 #[async_trait]
 pub trait Forge: Send + Sync + 'static {
     fn kind(&self) -> ForgeKind;
@@ -51,4 +68,13 @@ pub trait Forge: Send + Sync + 'static {
     ) -> Result<Vec<String>, ForgeError>;
 
     async fn report_status(&self, repo: &RepoRef, status: &CommitStatus) -> Result<(), ForgeError>;
+
+    /// Credentials a job clones `repo` with, as narrow and short-lived as the forge can make
+    /// them; `None` (the default, and a forge without a token) clones anonymously.
+    async fn clone_credentials(
+        &self,
+        _repo: &RepoRef,
+    ) -> Result<Option<GitCredentials>, ForgeError> {
+        Ok(None)
+    }
 }

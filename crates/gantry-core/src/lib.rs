@@ -21,7 +21,7 @@ pub use backend::{
     Backend, BackendError, Checkout, EventSender, JobEvent, JobEventKind, JobRequest, Resume,
     Secret, StepOutcome, StepResume, StoredLog,
 };
-pub use forge::{Forge, ForgeError};
+pub use forge::{Forge, ForgeError, GitCredentials};
 pub use ids::{JobId, RunId, StepId};
 pub use log::{LogLine, Stream};
 pub use run::{Job, Run, Step};

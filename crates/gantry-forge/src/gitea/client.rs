@@ -5,7 +5,9 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gantry_core::{CommitState, CommitStatus, Forge, ForgeError, ForgeKind, RepoRef};
+use gantry_core::{
+    CommitState, CommitStatus, Forge, ForgeError, ForgeKind, GitCredentials, RepoRef, Secret,
+};
 use reqwest::RequestBuilder;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -167,5 +169,17 @@ impl Forge for GiteaClient {
         api::send(FORGE, self.request(self.http.post(url).json(&body)))
             .await
             .map(drop)
+    }
+
+    /// Gitea and Forgejo take a token as the password of any username. Without a token:
+    /// anonymous.
+    async fn clone_credentials(
+        &self,
+        _repo: &RepoRef,
+    ) -> Result<Option<GitCredentials>, ForgeError> {
+        Ok(self.token.as_ref().map(|token| GitCredentials {
+            username: "gantry".to_owned(),
+            password: Secret::new(token.expose()),
+        }))
     }
 }

@@ -1,5 +1,6 @@
 //! GitHub App authentication: a JWT signed RS256 with the App's private key buys an
-//! installation access token, which is cached until shortly before it expires.
+//! installation access token, which is cached until shortly before it expires. Jobs get tokens
+//! of their own, scoped to one repository and `contents: read`, cached apart.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,7 +11,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use gantry_core::{ForgeError, ForgeKind};
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::{self, ConfigError};
 use crate::secret::Token;
@@ -18,6 +19,10 @@ use crate::secret::Token;
 /// An installation token is used no later than this many seconds before it expires (GitHub
 /// issues them for an hour), so a request never starts with a token about to lapse.
 const REFRESH_MARGIN_SECS: i64 = 5 * 60;
+
+/// A clone token is handed out only while it has at least this long left: a job's Secret holds
+/// it from the pod's creation until its clone runs, after the image pulls and scheduling.
+const CLONE_REFRESH_MARGIN_SECS: i64 = 30 * 60;
 
 /// A GitHub App: its id and private key, and the installation tokens it obtained.
 #[derive(Clone)]
@@ -34,6 +39,22 @@ struct Cache {
     installations: HashMap<String, u64>,
     /// Installation id → token and its expiry (Unix seconds).
     tokens: HashMap<u64, (Token, i64)>,
+    /// Repository full name (lower case) → its clone token and expiry (Unix seconds).
+    clone_tokens: HashMap<String, (Token, i64)>,
+}
+
+/// The body of an access token request that narrows the token (GitHub's REST API, "Create an
+/// installation access token for an app").
+#[derive(Serialize)]
+struct AccessScope<'a> {
+    /// Repository names, without the owner.
+    repositories: [&'a str; 1],
+    permissions: ClonePermissions,
+}
+
+#[derive(Serialize)]
+struct ClonePermissions {
+    contents: &'static str,
 }
 
 impl fmt::Debug for GithubApp {
@@ -116,40 +137,43 @@ impl GithubApp {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An installation token for `owner/name`, from the cache while it is fresh.
-    pub(crate) async fn token_for(
+    /// The id of the App's installation on `owner/name`, from the cache once looked up.
+    async fn installation(
         &self,
         http: &reqwest::Client,
         base: &url::Url,
         timeout: std::time::Duration,
         owner: &str,
         name: &str,
-    ) -> Result<Token, ForgeError> {
+    ) -> Result<u64, ForgeError> {
         let forge = ForgeKind::Github;
-        let now = chrono::Utc::now().timestamp();
         let repo_key = format!("{owner}/{name}").to_ascii_lowercase();
-        let cached_id = self.lock().installations.get(&repo_key).copied();
-        let installation = match cached_id {
-            Some(id) => id,
-            None => {
-                #[derive(Deserialize)]
-                struct Installation {
-                    id: u64,
-                }
-                let url = api::join(base, ["repos", owner, name, "installation"]);
-                let request =
-                    super::client::headers(http.get(url), &self.jwt(now)?).timeout(timeout);
-                let found: Installation =
-                    api::json(forge, api::send(forge, request).await?).await?;
-                self.lock().installations.insert(repo_key, found.id);
-                found.id
-            }
-        };
-        if let Some((token, expires)) = self.lock().tokens.get(&installation)
-            && *expires - REFRESH_MARGIN_SECS > now
-        {
-            return Ok(token.clone());
+        if let Some(id) = self.lock().installations.get(&repo_key).copied() {
+            return Ok(id);
         }
+        #[derive(Deserialize)]
+        struct Installation {
+            id: u64,
+        }
+        let now = chrono::Utc::now().timestamp();
+        let url = api::join(base, ["repos", owner, name, "installation"]);
+        let request = super::client::headers(http.get(url), &self.jwt(now)?).timeout(timeout);
+        let found: Installation = api::json(forge, api::send(forge, request).await?).await?;
+        self.lock().installations.insert(repo_key, found.id);
+        Ok(found.id)
+    }
+
+    /// Exchanges the App's JWT for an installation access token; `scope` is the request body
+    /// that narrows it (none: everything the installation may do). The token and its expiry.
+    async fn issue(
+        &self,
+        http: &reqwest::Client,
+        base: &url::Url,
+        timeout: std::time::Duration,
+        installation: u64,
+        scope: Option<&AccessScope<'_>>,
+    ) -> Result<(Token, i64), ForgeError> {
+        let forge = ForgeKind::Github;
         #[derive(Deserialize)]
         struct AccessToken {
             token: String,
@@ -164,13 +188,80 @@ impl GithubApp {
                 "access_tokens",
             ],
         );
-        let request = super::client::headers(http.post(url), &self.jwt(now)?).timeout(timeout);
+        let now = chrono::Utc::now().timestamp();
+        let mut request = super::client::headers(http.post(url), &self.jwt(now)?).timeout(timeout);
+        if let Some(scope) = scope {
+            request = request.json(scope);
+        }
         let issued: AccessToken = api::json(forge, api::send(forge, request).await?).await?;
-        let token = Token::new(issued.token);
+        Ok((Token::new(issued.token), issued.expires_at.timestamp()))
+    }
+
+    /// An installation token for `owner/name`, from the cache while it is fresh.
+    pub(crate) async fn token_for(
+        &self,
+        http: &reqwest::Client,
+        base: &url::Url,
+        timeout: std::time::Duration,
+        owner: &str,
+        name: &str,
+    ) -> Result<Token, ForgeError> {
+        let now = chrono::Utc::now().timestamp();
+        let installation = self.installation(http, base, timeout, owner, name).await?;
+        if let Some((token, expires)) = self.lock().tokens.get(&installation)
+            && *expires - REFRESH_MARGIN_SECS > now
+        {
+            return Ok(token.clone());
+        }
+        let (token, expires) = self.issue(http, base, timeout, installation, None).await?;
         self.lock()
             .tokens
-            .insert(installation, (token.clone(), issued.expires_at.timestamp()));
+            .insert(installation, (token.clone(), expires));
         Ok(token)
+    }
+
+    /// A token for a job to clone `owner/name` with: scoped to that one repository with only
+    /// `contents: read`, so a job holding it can read nothing else and write nothing. Kept apart
+    /// from the API tokens ([`Self::token_for`], installation-wide), cached per repository.
+    pub(crate) async fn clone_token_for(
+        &self,
+        http: &reqwest::Client,
+        base: &url::Url,
+        timeout: std::time::Duration,
+        owner: &str,
+        name: &str,
+    ) -> Result<Token, ForgeError> {
+        let now = chrono::Utc::now().timestamp();
+        let repo_key = format!("{owner}/{name}").to_ascii_lowercase();
+        if let Some((token, expires)) = self.lock().clone_tokens.get(&repo_key)
+            && *expires - CLONE_REFRESH_MARGIN_SECS > now
+        {
+            return Ok(token.clone());
+        }
+        let installation = self.installation(http, base, timeout, owner, name).await?;
+        let scope = AccessScope {
+            repositories: [name],
+            permissions: ClonePermissions { contents: "read" },
+        };
+        match self
+            .issue(http, base, timeout, installation, Some(&scope))
+            .await
+        {
+            Ok((token, expires)) => {
+                self.lock()
+                    .clone_tokens
+                    .insert(repo_key, (token.clone(), expires));
+                Ok(token)
+            }
+            Err(err) => {
+                // The App may have been reinstalled (a new installation id) or the repository
+                // removed from it: look the installation up again next time.
+                if matches!(err, ForgeError::Api { status, .. } if (400..500).contains(&status)) {
+                    self.lock().installations.remove(&repo_key);
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Forgets what is cached for `owner/name` after GitHub refused its token (revoked, or the
@@ -181,6 +272,7 @@ impl GithubApp {
         if let Some(id) = cache.installations.remove(&key) {
             cache.tokens.remove(&id);
         }
+        cache.clone_tokens.remove(&key);
     }
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use gantry_core::{CommitState, CommitStatus, Forge, ForgeError, ForgeKind, RepoRef};
+use gantry_core::{
+    CommitState, CommitStatus, Forge, ForgeError, ForgeKind, GitCredentials, RepoRef, Secret,
+};
 use reqwest::RequestBuilder;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -414,5 +416,26 @@ impl Forge for GithubClient {
             self.put_check_run(repo, status).await?;
         }
         Ok(())
+    }
+
+    /// As `x-access-token` (what GitHub documents for App tokens; it takes any username with
+    /// a personal token): the token, or as an App an installation token for this repository
+    /// alone with `contents: read`.
+    async fn clone_credentials(
+        &self,
+        repo: &RepoRef,
+    ) -> Result<Option<GitCredentials>, ForgeError> {
+        let token = match &self.auth {
+            GithubAuth::Token(token) => token.clone(),
+            GithubAuth::App(app) => {
+                let (owner, name) = api::owner_name(FORGE, &repo.full_name)?;
+                app.clone_token_for(&self.http, &self.base, self.timeout, owner, name)
+                    .await?
+            }
+        };
+        Ok(Some(GitCredentials {
+            username: "x-access-token".to_owned(),
+            password: Secret::new(token.expose()),
+        }))
     }
 }

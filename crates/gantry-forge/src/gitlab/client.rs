@@ -4,7 +4,9 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gantry_core::{CommitState, CommitStatus, Forge, ForgeError, ForgeKind, RepoRef};
+use gantry_core::{
+    CommitState, CommitStatus, Forge, ForgeError, ForgeKind, GitCredentials, RepoRef, Secret,
+};
 use reqwest::RequestBuilder;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -180,5 +182,16 @@ impl Forge for GitlabClient {
             }) if message.contains("Cannot transition status") => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// GitLab takes a token as the password of the user `oauth2`. Without a token: anonymous.
+    async fn clone_credentials(
+        &self,
+        _repo: &RepoRef,
+    ) -> Result<Option<GitCredentials>, ForgeError> {
+        Ok(self.token.as_ref().map(|token| GitCredentials {
+            username: "oauth2".to_owned(),
+            password: Secret::new(token.expose()),
+        }))
     }
 }

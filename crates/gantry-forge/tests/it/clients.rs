@@ -16,7 +16,7 @@ use crate::support::fixture;
 
 const SHA: &str = "6dcb09b5b57875f334f61aebed695e2e4193db5e";
 
-fn repo(forge: ForgeKind, full_name: &str) -> RepoRef {
+pub(crate) fn repo(forge: ForgeKind, full_name: &str) -> RepoRef {
     RepoRef {
         forge,
         full_name: full_name.into(),
@@ -379,12 +379,12 @@ fn app_api_with_runs(
     }
 }
 
-fn app() -> GithubApp {
+pub(crate) fn app() -> GithubApp {
     let pem = String::from_utf8(fixture("github", "test-app-key.pem")).unwrap();
     GithubApp::new(12345, &pem).unwrap()
 }
 
-fn check_jwt(authorization: &str) {
+pub(crate) fn check_jwt(authorization: &str) {
     let jwt = authorization.strip_prefix("Bearer ").unwrap();
     let parts: Vec<&str> = jwt.split('.').collect();
     assert_eq!(parts.len(), 3, "{jwt}");

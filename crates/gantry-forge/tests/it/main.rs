@@ -1,6 +1,7 @@
 //! gantry-forge's integration tests: one binary, one module per subject.
 
 mod clients;
+mod clone_credentials;
 mod git_reader;
 mod gitea_webhooks;
 mod github_webhooks;
