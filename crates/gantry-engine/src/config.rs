@@ -26,6 +26,8 @@ pub struct EngineConfig {
     /// How long a backend gets to confirm a cancel (or a timeout's cancel) before the engine
     /// ends the attempt itself.
     pub cancel_grace: Duration,
+    /// The timeout of jobs whose pipeline sets none, and the most a job or step may ask for.
+    pub job_timeouts: crate::JobTimeouts,
     pub reporter: ReporterConfig,
 }
 
@@ -40,6 +42,7 @@ impl Default for EngineConfig {
             status_context_prefix: "gantry".into(),
             tick: Duration::from_millis(500),
             cancel_grace: Duration::from_secs(60),
+            job_timeouts: crate::JobTimeouts::default(),
             reporter: ReporterConfig::default(),
         }
     }

@@ -24,6 +24,7 @@ mod machine;
 mod observe;
 mod reporter;
 mod status;
+mod timeouts;
 
 pub use config::{EngineConfig, RepoSupersede, ReporterConfig, SupersedePolicy};
 pub use engine::{Engine, Reattach};
@@ -36,6 +37,7 @@ pub use grants::{
 pub use logs::LogSink;
 pub use machine::{RESTART_REASON, SKIP_NOTHING_FAILED, SKIP_UPSTREAM_FAILED};
 pub use observe::{NoObserver, Observer};
+pub use timeouts::{DEFAULT_JOB_TIMEOUT, DEFAULT_MAX_JOB_TIMEOUT, JobTimeouts, TimeoutTooLong};
 
 use gantry_core::{JobId, RunId};
 

@@ -143,7 +143,7 @@ fn default_name(file: &str) -> String {
     }
 }
 
-fn humanize(d: Duration) -> String {
+pub(crate) fn humanize(d: Duration) -> String {
     let s = d.as_secs();
     if d.subsec_millis() != 0 || s == 0 {
         format!("{}ms", d.as_millis())
@@ -187,8 +187,7 @@ impl Inner {
                 continue;
             }
             let run_id = RunId::new();
-            self.supersede(&mut active, &trigger, &file, run_id).await?;
-            let plan = gantry_pipeline::plan(
+            let mut plan = gantry_pipeline::plan(
                 &pipeline,
                 &gantry_pipeline::PlanContext {
                     trigger: &trigger,
@@ -196,6 +195,19 @@ impl Inner {
                     file: &file,
                 },
             );
+            // Every job gets a deadline; one asking for more than the operator allows is
+            // refused before anything runs (and before it supersedes anything).
+            let timeouts = &self.config.job_timeouts;
+            if let Err(refused) = plan
+                .jobs
+                .iter_mut()
+                .try_for_each(|job| timeouts.apply(&job.name, &mut job.spec))
+            {
+                let name = pipeline.name().to_owned();
+                ids.push(self.record_refused(&trigger, &file, name, &refused).await?);
+                continue;
+            }
+            self.supersede(&mut active, &trigger, &file, run_id).await?;
             let now = gantry_core::now();
             let record = RunRecord {
                 run: Run {
@@ -265,12 +277,46 @@ impl Inner {
         file: &str,
         diagnostics: &gantry_pipeline::Diagnostics,
     ) -> Result<RunId> {
-        let now = gantry_core::now();
         let errors: Vec<String> = diagnostics.errors().map(|d| d.to_string()).collect();
         let first = diagnostics
             .errors()
             .next()
             .map_or_else(|| "invalid pipeline".to_owned(), |d| d.message.clone());
+        let text = format!("invalid pipeline {file}: {first}");
+        let id = self
+            .record_error(trigger, file, default_name(file), errors.join("\n"), &text)
+            .await?;
+        tracing::warn!(run = %id, pipeline = %file, "pipeline does not parse");
+        Ok(id)
+    }
+
+    /// A pipeline that parses but that this server will not run (a timeout above the maximum).
+    async fn record_refused(
+        &self,
+        trigger: &Trigger,
+        file: &str,
+        name: String,
+        refused: &crate::TimeoutTooLong,
+    ) -> Result<RunId> {
+        let reason = format!("{file}: {refused}");
+        let text = format!("refused pipeline {reason}");
+        let id = self
+            .record_error(trigger, file, name, reason, &text)
+            .await?;
+        tracing::warn!(run = %id, pipeline = %file, reason = %refused, "pipeline refused");
+        Ok(id)
+    }
+
+    /// A run that ends in `error` as it is created, with `reason`, and its error status.
+    async fn record_error(
+        &self,
+        trigger: &Trigger,
+        file: &str,
+        name: String,
+        reason: String,
+        status_text: &str,
+    ) -> Result<RunId> {
+        let now = gantry_core::now();
         let record = RunRecord {
             run: Run {
                 id: RunId::new(),
@@ -282,16 +328,14 @@ impl Inner {
                 finished_at: Some(now),
                 jobs: Vec::new(),
             },
-            name: default_name(file),
-            reason: Some(errors.join("\n")),
+            name,
+            reason: Some(reason),
             cancel_requested: false,
         };
         let mut tx = self.store.begin().await?;
         tx.insert_run(&record).await?;
-        let text = format!("invalid pipeline {file}: {first}");
-        status::push_run(&mut tx, &self.config, &record, State::Error, &text).await?;
+        status::push_run(&mut tx, &self.config, &record, State::Error, status_text).await?;
         tx.commit().await?;
-        tracing::warn!(run = %record.run.id, pipeline = %file, "pipeline does not parse");
         Ok(record.run.id)
     }
 

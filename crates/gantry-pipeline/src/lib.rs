@@ -25,6 +25,7 @@ pub use diagnostic::{Diagnostic, Diagnostics, Level};
 pub use plan::{Plan, PlanContext, PlannedJob, plan};
 pub use schema::json_schema;
 pub use validate::{MAX_JOBS, MAX_MATRIX_JOBS, Pipeline};
+pub use values::parse_duration;
 pub use vars::VARIABLES;
 
 /// Parses and validates a pipeline file. `file` names it in diagnostics and gives the default

@@ -6,7 +6,8 @@ use std::time::Duration;
 pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `90s`, `20m`, `1h30m`, `1h 30m`, `2h`. Units: `h`, `m`, `s`; at least one part; positive.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+/// At most 7 days. The reason is the error, ready to show.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let expected = || {
         format!(
             "invalid duration `{text}`: expected a number with a unit, like `90s`, `20m` or `1h30m`"

@@ -8,3 +8,4 @@ mod recovery;
 mod reporter;
 mod supersede;
 mod support;
+mod timeouts;
