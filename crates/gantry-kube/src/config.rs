@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use gantry_core::Toleration;
 use gantry_engine::SecretGrants;
 
 /// Container images Gantry itself puts into pods. All configurable: pin them to digests in
@@ -37,6 +38,16 @@ impl Default for Images {
             default_job: "docker.io/library/alpine:3.22".into(),
         }
     }
+}
+
+/// One rewriting rule of [`KubeConfig::image_mirrors`]: a reference whose normalised form
+/// (`docker.io/library/alpine:3.22` for `alpine:3.22`) starts with `from` gets `to` instead of
+/// that prefix. End both with `/` to match whole path components.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageMirror {
+    pub from: String,
+    pub to: String,
 }
 
 /// How strictly a repository's pods are confined, as the Pod Security Standards name it.
@@ -147,6 +158,12 @@ pub struct KubeConfig {
     pub service_account: Option<String>,
     /// Node selector entries for every pod, under the job's own.
     pub node_selector: BTreeMap<String, String>,
+    /// Tolerations for every pod, before the job's own (a dedicated, tainted CI node pool).
+    pub tolerations: Vec<Toleration>,
+    /// Image references rewritten for a mirror (an air-gapped cluster), in every container of
+    /// every pod: the first rule whose `from` is a prefix of the normalised reference wins
+    /// (see [`crate::images`]).
+    pub image_mirrors: Vec<ImageMirror>,
     pub security: SecurityLevel,
     /// uid and gid of every container under [`SecurityLevel::Restricted`].
     pub restricted_uid: i64,
@@ -174,6 +191,8 @@ impl Default for KubeConfig {
             image_pull_secrets: Vec::new(),
             service_account: None,
             node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            image_mirrors: Vec::new(),
             security: SecurityLevel::Baseline,
             restricted_uid: 1000,
             repos: BTreeMap::new(),

@@ -12,6 +12,7 @@
 mod api;
 mod backend;
 mod config;
+pub mod images;
 pub mod lease;
 mod logs;
 
@@ -22,7 +23,7 @@ mod sweeper;
 mod tracker;
 
 pub use backend::{CloneCredentials, GitCredentials, JobRegistry, KubeBackend};
-pub use config::{Images, KubeConfig, RepoPolicy, SecurityLevel, Timings};
+pub use config::{ImageMirror, Images, KubeConfig, RepoPolicy, SecurityLevel, Timings};
 pub use gantry_engine::{PullRequestOrigin, Requester, SecretGrant, SecretGrants};
 pub use lease::{LeaderElector, Leadership, LeaseConfig};
 pub use render::{Manifest, RenderError, RenderOptions, Rendered, origin_of, render, to_yaml};

@@ -271,7 +271,7 @@ pub fn render(
         c.resources = resources.clone();
         step_containers.push(c);
     }
-    let main = step_containers.pop().unwrap_or_else(|| Container {
+    let mut main = step_containers.pop().unwrap_or_else(|| Container {
         name: "step-none".into(),
         image: Some(config.images.clone.clone()),
         command: Some(vec!["/bin/true".into()]),
@@ -285,17 +285,25 @@ pub fn render(
         node_selector.extend(policy.node_selector.clone());
     }
     node_selector.extend(spec.node_selector.clone());
-    let tolerations: Vec<Toleration> = spec
-        .tolerations
-        .iter()
-        .map(|t| Toleration {
+    // The configuration's first (a dedicated CI node pool), then the job's own.
+    let mut tolerations: Vec<Toleration> = Vec::new();
+    for t in config.tolerations.iter().chain(&spec.tolerations) {
+        let t = Toleration {
             key: t.key.clone(),
             operator: t.operator.clone(),
             value: t.value.clone(),
             effect: t.effect.clone(),
             toleration_seconds: None,
-        })
-        .collect();
+        };
+        if !tolerations.contains(&t) {
+            tolerations.push(t);
+        }
+    }
+    for c in init.iter_mut().chain(std::iter::once(&mut main)) {
+        if let Some(image) = &mut c.image {
+            *image = crate::images::rewrite(image, &config.image_mirrors);
+        }
+    }
     let restricted = security == SecurityLevel::Restricted;
     let uid = config.restricted_uid;
     let pod_security = PodSecurityContext {

@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gantry_core::{Checkout, Event, ForgeKind, JobId, JobRequest, RepoRef, RunId, Trigger};
-use gantry_kube::{KubeConfig, Manifest, RenderOptions, SecretGrant, SecretGrants};
+use gantry_core::{
+    Checkout, Event, ForgeKind, JobId, JobRequest, RepoRef, RunId, Toleration, Trigger,
+};
+use gantry_kube::{ImageMirror, KubeConfig, Manifest, RenderOptions, SecretGrant, SecretGrants};
 use gantry_pipeline::PlanContext;
 use uuid::Uuid;
 
@@ -71,6 +73,10 @@ pub fn requests(source: &str, file: &str) -> Vec<(String, Result<JobRequest, Str
         .into_iter()
         .enumerate()
         .map(|(i, job)| {
+            let mut spec = job.spec;
+            // The engine gives a job without a timeout the default at planning.
+            spec.timeout
+                .get_or_insert(gantry_engine::DEFAULT_JOB_TIMEOUT);
             let request = match job.skipped {
                 Some(reason) => Err(reason),
                 None => Ok(JobRequest {
@@ -83,7 +89,7 @@ pub fn requests(source: &str, file: &str) -> Vec<(String, Result<JobRequest, Str
                         sha: trigger.sha.clone(),
                     },
                     pull_request: None,
-                    spec: job.spec,
+                    spec,
                     secret_values: Default::default(),
                 }),
             };
@@ -93,9 +99,12 @@ pub fn requests(source: &str, file: &str) -> Vec<(String, Result<JobRequest, Str
 }
 
 fn manifest(path: &Path) -> String {
+    manifest_with(path, &config())
+}
+
+fn manifest_with(path: &Path, config: &KubeConfig) -> String {
     let source = std::fs::read_to_string(path).unwrap();
     let file = path.file_name().unwrap().to_string_lossy().into_owned();
-    let config = config();
     let options = RenderOptions {
         origin: gantry_kube::PullRequestOrigin::None,
         clone_credentials: true,
@@ -104,7 +113,7 @@ fn manifest(path: &Path) -> String {
     for (name, request) in requests(&source, &file) {
         match request {
             Ok(job) => {
-                let rendered = gantry_kube::render(&job, &config, &options)
+                let rendered = gantry_kube::render(&job, config, &options)
                     .unwrap_or_else(|e| panic!("{file}: job {name}: {e}"));
                 manifest.job(&name, &rendered);
             }
@@ -135,6 +144,69 @@ fn rendered_pods_match_the_goldens() {
         stale.is_empty(),
         "rendered pods differ from the goldens {stale:?}; if the change is intended, bless them:\n    GANTRY_BLESS=1 cargo test -p gantry-kube --test it golden\nand review the diff"
     );
+}
+
+/// The configuration of an air-gapped cluster with a dedicated, tainted CI node pool: every
+/// image from a mirror, every pod on the pool.
+pub fn air_gapped() -> KubeConfig {
+    let mirror = |from: &str, to: &str| ImageMirror {
+        from: from.into(),
+        to: to.into(),
+    };
+    KubeConfig {
+        image_mirrors: vec![
+            mirror("docker.io/library/", "registry.internal/hub/library/"),
+            mirror("docker.io/", "registry.internal/hub/"),
+            mirror("ghcr.io/", "registry.internal/ghcr/"),
+        ],
+        node_selector: [("gantry.dev/ci-pool".to_owned(), "true".to_owned())].into(),
+        tolerations: vec![Toleration {
+            key: Some("gantry.dev/ci-pool".into()),
+            operator: Some("Equal".into()),
+            value: Some("true".into()),
+            effect: Some("NoSchedule".into()),
+        }],
+        ..config()
+    }
+}
+
+/// A pipeline with a service, a job image, Kaniko and the gitops helper, rendered for
+/// [`air_gapped`]: pinned in `tests/golden/air-gapped.yaml` (validated with the others), and
+/// every container's image comes from the mirror.
+#[test]
+fn an_air_gapped_configuration_mirrors_every_image_and_tolerates_the_pool() {
+    let example = root().join("pipelines/gitops-kustomize.yaml");
+    let text = manifest_with(&example, &air_gapped());
+    let golden = golden_dir().join("air-gapped.yaml");
+    if std::env::var_os("GANTRY_BLESS").is_some() {
+        std::fs::write(&golden, &text).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(&golden).ok().as_deref() == Some(text.as_str()),
+        "{} is stale; if the change is intended, bless it:\n    GANTRY_BLESS=1 cargo test -p gantry-kube --test it golden\nand review the diff",
+        golden.display()
+    );
+    let images: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_start().trim_start_matches("- "))
+        .filter_map(|l| l.strip_prefix("image: "))
+        .collect();
+    assert!(images.len() >= 6, "{images:?}");
+    for image in &images {
+        assert!(image.starts_with("registry.internal/"), "{image}");
+    }
+    for expected in [
+        "registry.internal/hub/library/rust:1.95",
+        "registry.internal/hub/library/postgres:16",
+        "registry.internal/hub/alpine/git:2.49.1",
+        "registry.internal/ghcr/osscontainertools/kaniko:v1.26.0",
+        "registry.internal/ghcr/gantry-ci/gitops-helper:0.1.0",
+    ] {
+        assert!(images.contains(&expected), "{expected} not in {images:?}");
+    }
+    // Every pod tolerates the pool's taint once, before any toleration of the job's own.
+    let pods = text.matches("\nkind: Pod").count();
+    assert_eq!(text.matches("key: gantry.dev/ci-pool").count(), pods);
 }
 
 /// The command CI runs to install the validator.

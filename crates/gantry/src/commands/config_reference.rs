@@ -44,6 +44,7 @@ pub fn markdown(cli: &clap::Command) -> String {
         &to_value(&gantry_kube::KubeConfig::default()),
         KUBERNETES_KEYS,
     );
+    out.push_str(NODE_POOLS_AND_MIRRORS);
     let _ = writeln!(out, "### `[[grants]]`\n");
     out.push_str(
         "Which Kubernetes Secrets (in the build namespace) which repositories may use. \
@@ -196,6 +197,8 @@ mirror the flags above:
 | `api_token` | `--api-token` | bearer token of state-changing API calls (prefer the environment variable) |
 | `max_running_jobs` | `--max-running-jobs` | jobs running at once |
 | `max_running_per_repo` | `--max-running-per-repo` | jobs of one repository running at once |
+| `default_job_timeout` | `--default-job-timeout` | timeout of a job whose pipeline sets none (`1h`) |
+| `max_job_timeout` | `--max-job-timeout` | the most a job or step may ask for (`24h`); more is refused |
 | `backend` | `--backend` | `auto`, `kubernetes` or `local` |
 
 ### `[github]`, `[gitlab]`, `[gitea]`
@@ -217,6 +220,46 @@ mirror the flags above:
 | `webhook_secrets` (or `webhook_secret`) | webhook secrets valid only for this repository or owner |
 | `cancel_superseded` | cancel a branch's older runs when it is pushed again (default: on) |
 | `cancel_superseded_default_branch` | …also on the default branch (default: off) |
+
+";
+
+const NODE_POOLS_AND_MIRRORS: &str = "#### Node pools, image mirrors, air-gapped clusters
+
+`node_selector` and `tolerations` put every build pod on a pool of nodes of its own (tainted so
+that nothing else lands there). `image_mirrors` rewrites every container image of a pod: the job's
+`image`, its `services` and Gantry's own `images.*` (`gantry render` shows the result). Each
+reference is first normalised the way Docker and containerd read it (`alpine:3.22` is
+`docker.io/library/alpine:3.22`, `user/app` is `docker.io/user/app`, `ghcr.io/o/app` stays as it
+is); the first rule whose `from` is a prefix of that wins and `to` replaces the prefix. A
+reference no rule matches is left exactly as written. `from` is a plain string prefix: end it with
+`/` to match whole path components (`docker.io/library/alpine` would also match
+`docker.io/library/alpine-extra`).
+
+For an air-gapped cluster whose registry `registry.internal` mirrors Docker Hub under `hub/` and
+GitHub's registry under `ghcr/`:
+
+```toml
+[kubernetes]
+image_pull_secrets = [\"registry-internal-pull\"]
+node_selector = { \"gantry.dev/ci-pool\" = \"true\" }
+
+[[kubernetes.tolerations]]
+key = \"gantry.dev/ci-pool\"
+operator = \"Equal\"
+value = \"true\"
+effect = \"NoSchedule\"
+
+[[kubernetes.image_mirrors]]
+from = \"docker.io/\"          # rust:1.95 → registry.internal/hub/library/rust:1.95
+to = \"registry.internal/hub/\"
+
+[[kubernetes.image_mirrors]]
+from = \"ghcr.io/\"            # Kaniko and the gitops helper
+to = \"registry.internal/ghcr/\"
+```
+
+Images a step names for its own tools (a `gitops` step's `image:` value written into the config
+repository, Kaniko's `destination`) are not container images of the pod and are not rewritten.
 
 ";
 
@@ -284,6 +327,14 @@ const KUBERNETES_KEYS: &[(&str, &str)] = &[
     (
         "node_selector",
         "node selector entries for every pod, under the job's own",
+    ),
+    (
+        "tolerations",
+        "tolerations for every pod, before the job's own (`[[kubernetes.tolerations]]`: `key`, `operator`, `value`, `effect`); for a dedicated, tainted CI node pool",
+    ),
+    (
+        "image_mirrors",
+        "image rewriting for mirrors (`[[kubernetes.image_mirrors]]`: `from`, `to`), in every container of every pod (job images, services, `images.*`); the first `from` that is a prefix of the normalised reference wins; see below",
     ),
     (
         "security",
@@ -412,6 +463,23 @@ mod tests {
             let env = arg.get_env().unwrap().to_string_lossy().into_owned();
             assert!(text.contains(&format!("`{env}`")), "{env}");
         }
+    }
+
+    #[test]
+    fn the_air_gapped_example_parses_into_mirrors_and_tolerations() {
+        let example = NODE_POOLS_AND_MIRRORS
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap();
+        let config = super::super::serve_config::FileConfig::parse(example).unwrap();
+        let kube = config.kubernetes.unwrap();
+        assert_eq!(kube.image_mirrors.len(), 2);
+        assert_eq!(kube.tolerations[0].effect.as_deref(), Some("NoSchedule"));
+        assert_eq!(
+            gantry_kube::images::rewrite("rust:1.95", &kube.image_mirrors),
+            "registry.internal/hub/library/rust:1.95"
+        );
     }
 
     #[test]
