@@ -5,6 +5,7 @@ pub mod run;
 pub mod schema;
 pub mod serve;
 pub mod serve_config;
+pub mod serve_credentials;
 
 use std::path::{Path, PathBuf};
 

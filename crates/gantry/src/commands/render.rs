@@ -122,6 +122,10 @@ pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
             manifest.skipped(&job.name, reason);
             continue;
         }
+        let mut spec = job.spec;
+        // The default `gantry serve` gives a job without a timeout (unless configured otherwise).
+        spec.timeout
+            .get_or_insert(gantry_engine::DEFAULT_JOB_TIMEOUT);
         let request = JobRequest {
             run_id,
             job_id: JobId(uuid_from(0x100 + i as u128)),
@@ -132,7 +136,7 @@ pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
                 sha: trigger.sha.clone(),
             },
             pull_request: None,
-            spec: job.spec,
+            spec,
             secret_values: Default::default(),
         };
         let rendered = gantry_kube::render(&request, &config, &options)

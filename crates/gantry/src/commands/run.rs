@@ -121,7 +121,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let trigger = trigger(&args, &root, &sha);
     let run_id = RunId::new();
-    let plan = gantry_pipeline::plan(
+    let mut plan = gantry_pipeline::plan(
         &pipeline,
         &PlanContext {
             trigger: &trigger,
@@ -129,6 +129,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             file: &shown,
         },
     );
+    // As `gantry serve` plans them with its default: a hung job ends.
+    for job in &mut plan.jobs {
+        job.spec
+            .timeout
+            .get_or_insert(gantry_engine::DEFAULT_JOB_TIMEOUT);
+    }
     let jobs = select_jobs(plan.jobs, &args.jobs)?;
     let secrets = collect_secrets(&jobs, &args.secrets)?;
 

@@ -46,6 +46,12 @@ pub struct ServeArgs {
     /// At most this many jobs of one repository run at once.
     #[arg(long, env = "GANTRY_MAX_RUNNING_PER_REPO")]
     pub max_running_per_repo: Option<usize>,
+    /// The timeout of a job whose pipeline sets none (`90m`, `1h`, `1h30m`). Default: 1h.
+    #[arg(long, env = "GANTRY_DEFAULT_JOB_TIMEOUT", value_parser = parse_timeout)]
+    pub default_job_timeout: Option<std::time::Duration>,
+    /// The most a job or step may ask for: a pipeline asking for more is refused. Default: 24h.
+    #[arg(long, env = "GANTRY_MAX_JOB_TIMEOUT", value_parser = parse_timeout)]
+    pub max_job_timeout: Option<std::time::Duration>,
     /// Reads (the API and the web viewer) need the API token too. Default: public.
     #[arg(long, env = "GANTRY_PRIVATE_READS")]
     pub private_reads: bool,
@@ -230,6 +236,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
+    let job_timeouts = job_timeouts(&args, &file)?;
     let listen: SocketAddr = match args.listen.or(file.listen) {
         Some(addr) => addr,
         None => DEFAULT_LISTEN.parse()?,
@@ -405,6 +412,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.max_running_per_repo.or(file.max_running_per_repo) {
         config.max_running_per_repo = n.max(1);
     }
+    config.job_timeouts = job_timeouts;
     for repo in &file.repositories {
         if repo.cancel_superseded.is_some() || repo.cancel_superseded_default_branch.is_some() {
             config.supersede.repos.insert(
@@ -478,7 +486,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 client.clone(),
                 &namespace,
             )));
-            let kb = gantry_kube::KubeBackend::new(client, kube_config, None);
+            // Each job clones with a short-lived token from its repository's forge, put in a
+            // Secret of its own.
+            let credentials = super::serve_credentials::ForgeCloneCredentials::new(&forges);
+            let kb =
+                gantry_kube::KubeBackend::new(client, kube_config, Some(Arc::new(credentials)));
             kube_backend = Some(kb.clone());
             (
                 Arc::new(kb),
@@ -640,6 +652,34 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A duration flag, in the pipeline's syntax.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    gantry_pipeline::parse_duration(text)
+}
+
+/// The default and maximum job timeouts from flags, else the file, else the built-in ones.
+fn job_timeouts(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<gantry_engine::JobTimeouts> {
+    let from_file = |key: &str, value: &Option<String>| -> anyhow::Result<_> {
+        value
+            .as_deref()
+            .map(gantry_pipeline::parse_duration)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{key} in the configuration file: {e}"))
+    };
+    let default = match args.default_job_timeout {
+        Some(d) => d,
+        None => from_file("default_job_timeout", &file.default_job_timeout)?
+            .unwrap_or(gantry_engine::DEFAULT_JOB_TIMEOUT),
+    };
+    let max = match args.max_job_timeout {
+        Some(d) => d,
+        None => from_file("max_job_timeout", &file.max_job_timeout)?
+            .unwrap_or(gantry_engine::DEFAULT_MAX_JOB_TIMEOUT),
+    };
+    gantry_engine::JobTimeouts::new(default, max)
+        .map_err(|e| anyhow::anyhow!("{e}: lower --default-job-timeout or raise --max-job-timeout"))
 }
 
 /// The log archive the flags ask for, checked, and where it is (for people: no credentials).

@@ -28,6 +28,9 @@ pub struct FileConfig {
     pub api_token: Option<String>,
     pub max_running_jobs: Option<usize>,
     pub max_running_per_repo: Option<usize>,
+    /// A duration as pipelines write it (`90m`, `1h`).
+    pub default_job_timeout: Option<String>,
+    pub max_job_timeout: Option<String>,
     pub github: Option<ForgeFile>,
     pub gitlab: Option<ForgeFile>,
     pub gitea: Option<ForgeFile>,
@@ -126,6 +129,8 @@ mod tests {
             r#"
 listen = "127.0.0.1:9000"
 max_running_jobs = 3
+default_job_timeout = "90m"
+max_job_timeout = "12h"
 [github]
 webhook_secrets = ["old", "new"]
 token = "t"
@@ -148,6 +153,8 @@ namespace = "builds"
         )
         .unwrap();
         assert_eq!(config.max_running_jobs, Some(3));
+        assert_eq!(config.default_job_timeout.as_deref(), Some("90m"));
+        assert_eq!(config.max_job_timeout.as_deref(), Some("12h"));
         let github = config.github.unwrap();
         assert_eq!(github.webhook_secrets, ["old", "new"]);
         assert_eq!(github.read_files, Some(ReadFiles::Git));
