@@ -187,6 +187,65 @@ async fn a_failing_pipeline_ends_in_failure_and_says_so_to_the_forge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_asking_for_more_than_the_maximum_timeout_is_refused_and_says_why() {
+    let daemon = GitDaemon::start();
+    let (repo, sha) = repo_with(
+        "name: ci\njobs:\n  soak:\n    timeout: 3h\n    steps:\n      - run: echo never-runs\n",
+    );
+    let url = daemon.publish(&repo, "app.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = Gantry::start(
+        data.path(),
+        &github.url,
+        &[("GANTRY_MAX_JOB_TIMEOUT", "2h")],
+    );
+    let (status, _) = send_push(
+        &gantry,
+        "d-long",
+        &push_payload("app", &url, ZERO, &sha, &[]),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let runs = runs_of_delivery(&gantry, "d-long").await;
+    let run = final_run(&gantry, &runs[0]).await;
+    assert_eq!(run["status"], "error", "{run:#}");
+    assert_eq!(
+        run["reason"],
+        ".gantry.yaml: job soak asks for a timeout of 3h, more than this server's maximum of 2h",
+        "{run:#}"
+    );
+    assert!(
+        run["jobs"].as_array().is_none_or(Vec::is_empty),
+        "nothing of it runs: {run:#}"
+    );
+    eventually(Duration::from_secs(30), "the error status", || async {
+        (github.states("gantry/ci").last().map(String::as_str) == Some("error")).then_some(())
+    })
+    .await;
+    assert!(files_containing(data.path(), "never-runs").is_empty());
+}
+
+#[test]
+fn job_timeouts_that_make_no_sense_stop_gantry_serve_at_start() {
+    let stderr = serve_refuses_to_start(&[
+        ("GANTRY_DEFAULT_JOB_TIMEOUT", "2h"),
+        ("GANTRY_MAX_JOB_TIMEOUT", "90m"),
+    ]);
+    assert!(
+        stderr.contains(
+            "the default job timeout (2h) is longer than the maximum job timeout (90m): lower --default-job-timeout or raise --max-job-timeout"
+        ),
+        "{stderr}"
+    );
+    let stderr = serve_refuses_to_start(&[("GANTRY_MAX_JOB_TIMEOUT", "1 day")]);
+    assert!(
+        stderr.contains("--max-job-timeout") && stderr.contains("invalid duration `1 day`"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_without_a_pipeline_starts_nothing_and_the_api_says_why() {
     let daemon = GitDaemon::start();
     let repo = Repo::new();
