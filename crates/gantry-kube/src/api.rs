@@ -101,7 +101,26 @@ fn same_attempt(found: &Pod, wanted: &Pod) -> bool {
     labels(found) == labels(wanted) && labels(found).0.is_some()
 }
 
-/// Creates the pod exactly once. Returns the pod as the server has it.
+/// The API server's message when it refused a create because of a ResourceQuota: `403
+/// Forbidden` from the quota admission plugin, "exceeded quota: …" (the namespace's quota is used
+/// up) or "status unknown for quota: …" (a quota whose usage the controller-manager has not
+/// computed yet). Both clear up by themselves: a pod ends, the usage is computed.
+pub(crate) fn quota_refusal(e: &kube::Error) -> Option<String> {
+    match e {
+        kube::Error::Api(s)
+            if s.code == 403
+                && s.reason == "Forbidden"
+                && (s.message.contains("exceeded quota")
+                    || s.message.contains("status unknown for quota")) =>
+        {
+            Some(s.message.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Creates the pod exactly once. Returns the pod as the server has it; a refusal by a
+/// ResourceQuota is [`Error::Quota`] (the caller waits and tries again).
 pub(crate) async fn create_pod(api: &Api<Pod>, pod: &Pod, timings: &Timings) -> Result<Pod> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let mut attempt = 0;
@@ -132,7 +151,12 @@ pub(crate) async fn create_pod(api: &Api<Pod>, pod: &Pod, timings: &Timings) -> 
                 }
             }
             (_, Verdict::Retry(after)) => after,
-            (_, Verdict::Fail) => return Err(Error::Api(err)),
+            (_, Verdict::Fail) => {
+                return Err(match quota_refusal(&err) {
+                    Some(message) => Error::Quota(message),
+                    None => Error::Api(err),
+                });
+            }
         };
         if attempt >= timings.max_attempts {
             return Err(Error::Api(err));

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use gantry_core::{
     Backend, BackendError, EventSender, JobEvent, JobEventKind, JobId, JobRequest, LogLine,
-    RepoRef, Resume, RunId, StoredLog, Stream,
+    RepoRef, Resume, RunId, State, StoredLog, Stream,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -209,33 +209,31 @@ impl KubeBackend {
             }
             jobs.insert(name.clone(), tx.clone());
         }
-        let created = match api::create_pod(&inner.pods, &rendered.pod, &inner.config.timings).await
+        let launched = Instant::now();
+        let pending = match api::create_pod(&inner.pods, &rendered.pod, &inner.config.timings).await
         {
-            Ok(p) => p,
+            Ok(created) => {
+                if let Err(e) = admitted(inner, &created, credentials).await {
+                    inner.jobs().remove(&name);
+                    return Err(e);
+                }
+                let _ = tx.send(Update::Applied(Arc::new(created)));
+                None
+            }
+            // A ResourceQuota refused it: the attempt's own task waits and tries again, so
+            // that this returns now and holds up nothing (the engine starts jobs one by one).
+            Err(Error::Quota(refused)) => Some(Pending {
+                pod: rendered.pod,
+                credentials,
+                refused,
+            }),
             Err(e) => {
                 inner.jobs().remove(&name);
                 return Err(e);
             }
         };
-        inner.created().insert(name.clone());
-        if let Some(creds) = credentials
-            && let Err(e) = api::create_secret(
-                &inner.secrets,
-                &clone_secret(&created, creds),
-                &inner.config.timings,
-            )
-            .await
-        {
-            tracing::warn!(pod = %name, error = %e, "cannot create the clone credentials; deleting the pod");
-            let _ =
-                api::delete_pod(&inner.pods, &name, Duration::ZERO, &inner.config.timings).await;
-            inner.created().remove(&name);
-            inner.jobs().remove(&name);
-            return Err(e);
-        }
-        let _ = tx.send(Update::Applied(Arc::new(created)));
         let tracker = Tracker::new(&job);
-        let runner = Runner::new(
+        let mut runner = Runner::new(
             Arc::clone(inner),
             job,
             events,
@@ -244,9 +242,44 @@ impl KubeBackend {
             rendered.notices,
             Vec::new(),
         );
+        runner.launched = launched;
+        runner.pending = pending;
         tokio::spawn(runner.run(rx));
         Ok(())
     }
+}
+
+/// A pod created: it is known to exist from now on, and its clone credentials go into the
+/// per-job Secret (when that cannot be created, the pod is deleted again).
+async fn admitted(
+    inner: &Inner,
+    created: &Pod,
+    credentials: Option<GitCredentials>,
+) -> Result<(), Error> {
+    let name = created.metadata.name.clone().unwrap_or_default();
+    inner.created().insert(name.clone());
+    if let Some(creds) = credentials
+        && let Err(e) = api::create_secret(
+            &inner.secrets,
+            &clone_secret(created, creds),
+            &inner.config.timings,
+        )
+        .await
+    {
+        tracing::warn!(pod = %name, error = %e, "cannot create the clone credentials; deleting the pod");
+        let _ = api::delete_pod(&inner.pods, &name, Duration::ZERO, &inner.config.timings).await;
+        inner.created().remove(&name);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// A pod a ResourceQuota refused, to be created once the quota admits it.
+struct Pending {
+    pod: Pod,
+    credentials: Option<GitCredentials>,
+    /// The API server's message.
+    refused: String,
 }
 
 /// The per-job Secret, owned by the pod so that it goes when the pod goes.
@@ -358,6 +391,11 @@ struct Runner {
     stuck_until: Option<(Instant, String)>,
     step_deadline: Option<(Instant, usize)>,
     numbers: HashMap<usize, u64>,
+    /// When the backend was handed the attempt: the job's timeout counts from then, also while
+    /// its pod waits for a quota or a node.
+    launched: Instant,
+    /// The pod, when a ResourceQuota refused it and it is still to be created.
+    pending: Option<Pending>,
 }
 
 impl Runner {
@@ -387,7 +425,14 @@ impl Runner {
             stuck_until: None,
             step_deadline: None,
             numbers,
+            launched: Instant::now(),
+            pending: None,
         }
+    }
+
+    /// When the job's timeout passes, if it has one.
+    fn deadline(&self) -> Option<Instant> {
+        self.job.spec.timeout.map(|t| self.launched + t)
     }
 
     async fn send(&self, kind: JobEventKind) {
@@ -416,6 +461,9 @@ impl Runner {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Update>) {
+        if let Some(pending) = self.pending.take() {
+            self.admit(pending, &mut rx).await;
+        }
         while !self.tracker.is_finished() {
             let stuck_at = self.stuck_until.as_ref().map(|s| s.0);
             let step_at = self.step_deadline.map(|s| s.0);
@@ -455,6 +503,104 @@ impl Runner {
         }
         self.inner.created().remove(&self.pod);
         self.inner.jobs().remove(&self.pod);
+    }
+
+    /// Waits until a ResourceQuota admits the pod, creating it again with backoff (`backoff`
+    /// doubling to `max_backoff`), until it is created, the attempt is cancelled or the job's
+    /// timeout passes. The log says once that it waits, with the API server's message. A cancel
+    /// that comes while a create is under way is seen once it returned, so a pod created then
+    /// is deleted: none is left behind.
+    async fn admit(&mut self, pending: Pending, rx: &mut mpsc::UnboundedReceiver<Update>) {
+        let Pending {
+            mut pod,
+            credentials,
+            refused,
+        } = pending;
+        tracing::info!(pod = %self.pod, message = %refused, "waiting for a resource quota");
+        self.system(
+            0,
+            format!("waiting for the namespace's resource quota to admit the pod: {refused}"),
+        )
+        .await;
+        let timings = self.inner.config.timings.clone();
+        let deadline = self.deadline();
+        let mut attempt = 0;
+        loop {
+            let wake = Instant::now() + api::delay(&timings, attempt, None);
+            attempt += 1;
+            loop {
+                tokio::select! {
+                    update = rx.recv() => match update {
+                        Some(Update::Cancel) | None => {
+                            self.tracker.end(Ending::Cancelled);
+                            let actions = self.tracker.vanished();
+                            return self.act_all(actions).await;
+                        }
+                        // Nothing of this pod exists yet.
+                        Some(Update::Applied(_) | Update::Deleted) => continue,
+                    },
+                    _ = tokio::time::sleep_until(wake) => break,
+                    _ = sleep_until(deadline) => {
+                        let limit = self.job.spec.timeout.unwrap_or_default();
+                        let why = format!(
+                            "timed out after {}s waiting for the resource quota: {refused}",
+                            limit.as_secs()
+                        );
+                        let actions = self.tracker.abandon(State::Failure, why);
+                        return self.act_all(actions).await;
+                    }
+                }
+            }
+            // The job's timeout counts from its launch: the pod gets what is left of it.
+            if let (Some(deadline), Some(spec)) = (deadline, pod.spec.as_mut()) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                spec.active_deadline_seconds = Some(left.as_secs().max(1) as i64);
+            }
+            match api::create_pod(&self.inner.pods, &pod, &timings).await {
+                Ok(created) => {
+                    let credentials = self.fresh_credentials(credentials).await;
+                    if let Err(e) = admitted(&self.inner, &created, credentials).await {
+                        let actions = self.tracker.abandon(State::Error, e.to_string());
+                        return self.act_all(actions).await;
+                    }
+                    let waited = self.launched.elapsed().as_secs();
+                    self.system(
+                        0,
+                        format!("the resource quota admitted the pod after {waited}s"),
+                    )
+                    .await;
+                    let actions = self.tracker.observe(&created);
+                    return self.act_all(actions).await;
+                }
+                Err(Error::Quota(_)) => {}
+                Err(e) => {
+                    let actions = self.tracker.abandon(State::Error, e.to_string());
+                    return self.act_all(actions).await;
+                }
+            }
+        }
+    }
+
+    /// Clone credentials fetched again after a wait (an installation token lives an hour); the
+    /// ones from the launch when that fails.
+    async fn fresh_credentials(&self, old: Option<GitCredentials>) -> Option<GitCredentials> {
+        let (Some(old), Some(source)) = (old, &self.inner.credentials) else {
+            return None;
+        };
+        match source.for_repo(&self.job.checkout.repo).await {
+            Ok(Some(fresh)) => Some(fresh),
+            Ok(None) => Some(old),
+            Err(e) => {
+                tracing::warn!(pod = %self.pod, error = %e, "cannot renew the clone credentials; using the earlier ones");
+                Some(old)
+            }
+        }
+    }
+
+    async fn act_all(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            self.act(action).await;
+        }
     }
 
     async fn delete(&self, grace: Duration) {

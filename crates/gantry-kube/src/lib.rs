@@ -36,6 +36,9 @@ pub enum Error {
     Render(#[from] RenderError),
     #[error("Kubernetes API: {0}")]
     Api(#[source] kube::Error),
+    /// A ResourceQuota of the build namespace refused the pod (the API server's message).
+    #[error("refused by a resource quota: {0}")]
+    Quota(String),
     #[error("pod {0} exists but belongs to another job attempt")]
     NameTaken(String),
     #[error("pod {0} is already followed")]

@@ -292,6 +292,15 @@ impl Tracker {
         }
     }
 
+    /// The backend gives up on the attempt before its pod exists (a quota never admitted it):
+    /// every step is skipped and the job ends so.
+    pub fn abandon(&mut self, state: State, reason: String) -> Vec<Action> {
+        if self.finished {
+            return Vec::new();
+        }
+        self.finish(Some((state, reason)))
+    }
+
     /// The pod is gone (deleted by us or by someone else).
     pub fn vanished(&mut self) -> Vec<Action> {
         if self.finished {

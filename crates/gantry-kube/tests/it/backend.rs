@@ -672,6 +672,106 @@ async fn client_errors_are_not_retried() {
     assert_eq!(h.backend.running(), 0);
 }
 
+#[tokio::test]
+async fn a_pod_refused_by_a_quota_waits_in_its_own_task_and_runs_once_admitted() {
+    let h = harness(false);
+    for _ in 0..3 {
+        h.fake.fault("create pods", Fault::Quota);
+    }
+    let job = job(&["a"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let (tx, mut rx) = mpsc::channel(64);
+    // The start returns at the first refusal: the wait holds up no other job.
+    h.backend.start(job, tx).await.unwrap();
+    assert_eq!(h.fake.count("create pods"), 1);
+    assert!(h.fake.pod(&pod).is_none());
+    assert_eq!(h.backend.running(), 1);
+    let pod_name = pod.clone();
+    let fake = h.fake.clone();
+    let run = tokio::spawn(async move {
+        wait_for(|| fake.pod(&pod_name)).await;
+        drive(&fake, &pod_name, &[0]).await;
+    });
+    let events = until_finished(&mut rx).await;
+    run.await.unwrap();
+    let said: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            JobEventKind::Log(l) => Some(l.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let waiting: Vec<&&str> = said
+        .iter()
+        .filter(|t| t.starts_with("waiting for the namespace's resource quota"))
+        .collect();
+    assert_eq!(waiting.len(), 1, "said once, not at every retry: {said:?}");
+    assert!(waiting[0].contains("exceeded quota: builds"), "{said:?}");
+    assert!(
+        said.iter()
+            .any(|t| t.starts_with("the resource quota admitted the pod"))
+    );
+    assert_eq!(h.fake.count("create pods"), 4);
+    assert_eq!(
+        shape(&events).last().map(String::as_str),
+        Some("finished success")
+    );
+}
+
+#[tokio::test]
+async fn a_job_waiting_for_a_quota_is_cancelled_cleanly_and_no_pod_is_left() {
+    let h = harness(false);
+    for _ in 0..1000 {
+        h.fake.fault("create pods", Fault::Quota);
+    }
+    let job = job(&["a", "b"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job.clone(), tx).await.unwrap();
+    wait_for(|| (h.fake.count("create pods") >= 2).then_some(())).await;
+    h.backend.cancel(job.job_id, job.attempt).await.unwrap();
+    let events = shape(&until_finished(&mut rx).await);
+    assert_eq!(
+        events[events.len() - 3..],
+        [
+            "step 0 skipped",
+            "step 1 skipped",
+            "finished cancelled: cancelled"
+        ]
+    );
+    assert!(h.fake.pod(&pod).is_none());
+    assert_eq!(h.backend.running(), 0);
+    // And it stops trying.
+    let creates = h.fake.count("create pods");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.fake.count("create pods"), creates);
+}
+
+#[tokio::test]
+async fn a_job_waiting_for_a_quota_past_its_timeout_fails() {
+    let h = harness(false);
+    for _ in 0..1000 {
+        h.fake.fault("create pods", Fault::Quota);
+    }
+    let mut job = job(&["a"]);
+    job.spec.timeout = Some(Duration::from_millis(600));
+    let (tx, mut rx) = mpsc::channel(64);
+    h.backend.start(job, tx).await.unwrap();
+    let events = until_finished(&mut rx).await;
+    match events.last() {
+        Some(JobEventKind::Finished { state, reason }) => {
+            assert_eq!(*state, State::Failure);
+            let reason = reason.as_deref().unwrap_or_default();
+            assert!(
+                reason.contains("waiting for the resource quota"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.backend.running(), 0);
+}
+
 async fn stuck_with(set: impl Fn(&mut k8s_openapi::api::core::v1::PodStatus)) -> Vec<String> {
     let h = harness(false);
     let job = job(&["a"]);

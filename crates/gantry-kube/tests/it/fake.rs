@@ -32,6 +32,9 @@ pub enum Fault {
     Status(u16, u32),
     /// Never answer (the client times out). The request still takes effect.
     HangAfterApplying,
+    /// Refused by a ResourceQuota, as the API server's quota admission answers: `403 Forbidden`,
+    /// "… is forbidden: exceeded quota: …".
+    Quota,
 }
 
 /// A scripted log response.
@@ -264,6 +267,14 @@ impl FakeApi {
                 .and_then(|c| c.canonical_reason())
                 .unwrap_or("Error");
             return Some(status(code, reason, after));
+        }
+        if let Some(Fault::Quota) = fault {
+            return Some(reply(
+                403,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": "pods \"p\" is forbidden: exceeded quota: builds, requested: pods=1, used: pods=1, limited: pods=1",
+                       "reason": "Forbidden", "code": 403, "details": {"kind": "pods", "name": "p"}}),
+            ));
         }
         let response = self.handle(verb, &parts, &query, &body);
         match fault {

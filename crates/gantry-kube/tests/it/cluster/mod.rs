@@ -11,6 +11,7 @@
 //! other's pods (the sweeper would take them for orphans).
 
 mod jobs;
+mod quota;
 mod rbac;
 mod relist;
 
