@@ -72,3 +72,28 @@ to = "registry.internal/other/"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What `gantry render` shows matches what `gantry serve` creates with its default job timeout.
+#[test]
+fn render_gives_a_job_without_a_timeout_the_default_deadline() {
+    let dir = scratch("timeout");
+    let pipeline = dir.join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        "jobs:\n  plain:\n    steps: [{ run: make }]\n  own:\n    timeout: 20m\n    steps: [{ run: make }]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .arg("render")
+        .arg(&pipeline)
+        .output()
+        .expect("gantry runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let deadlines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("  activeDeadlineSeconds: "))
+        .collect();
+    assert_eq!(deadlines, ["3600", "1200"], "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
