@@ -71,6 +71,8 @@ pub(crate) struct Tracker {
     /// The first failure that fails the job: (state, reason).
     failed: Option<(State, String)>,
     ending: Option<Ending>,
+    /// A step was ended by a cancel: the job is cancelled, however the pod itself ends.
+    cancelled: bool,
     /// Steps whose start the store holds (an attempt re-attached after a restart): it is not
     /// reported again. (Steps whose end it holds start out done.)
     start_stored: Vec<bool>,
@@ -89,6 +91,7 @@ impl Tracker {
             stuck: None,
             failed: None,
             ending: None,
+            cancelled: false,
             start_stored: vec![false; steps.len()],
         }
     }
@@ -237,6 +240,7 @@ impl Tracker {
                 if let Some(Ending::Cancelled) = self.ending {
                     if outcome.state != State::Success {
                         outcome = cancelled();
+                        self.cancelled = true;
                     }
                 } else if let Some(Ending::StepTimedOut(s, why)) = &self.ending
                     && *s == i
@@ -331,7 +335,10 @@ impl Tracker {
                 Phase::Done => {}
                 Phase::Running => {
                     let outcome = match &self.ending {
-                        Some(Ending::Cancelled) => cancelled(),
+                        Some(Ending::Cancelled) => {
+                            self.cancelled = true;
+                            cancelled()
+                        }
                         Some(Ending::StepTimedOut(s, why)) if *s == i => StepOutcome {
                             state: State::Failure,
                             exit_code: None,
@@ -363,6 +370,9 @@ impl Tracker {
                 (State::Failure, Some(f.1.clone()))
             }
             (Some((state, r)), _) => (state, Some(r)),
+            // A real kubelet ends a deleted pod's containers (SIGTERM, then SIGKILL) and may
+            // report the pod `Failed` or `Succeeded` before it is gone.
+            (None, _) if self.cancelled => (State::Cancelled, Some("cancelled".to_owned())),
             (None, Some((state, r))) => (*state, Some(r.clone())),
             (None, None) => (State::Success, None),
         };
@@ -510,6 +520,45 @@ mod tests {
                 Action::Finished(State::Error, Some(gone)),
             ]
         );
+    }
+
+    /// Found on the real node: a cancelled job whose pod the kubelet ended (the step killed, the
+    /// pod `Failed`) before it was gone was reported as a success.
+    #[test]
+    fn a_cancelled_job_stays_cancelled_when_the_pod_ends_before_it_is_gone() {
+        use k8s_openapi::api::core::v1::{ContainerStateTerminated, PodStatus};
+        let mut tracker = Tracker::new(&job(2));
+        let ended = |phase: &str| Pod {
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                init_container_statuses: Some(vec![ContainerStatus {
+                    name: names::step_container(0),
+                    state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: 137,
+                            reason: Some("Error".into()),
+                            ..ContainerStateTerminated::default()
+                        }),
+                        ..ContainerState::default()
+                    }),
+                    ..ContainerStatus::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        tracker.end(Ending::Cancelled);
+        let actions = tracker.observe(&ended("Failed"));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Finished(
+                State::Cancelled,
+                Some("cancelled".into())
+            )),
+            "{actions:#?}"
+        );
+        assert!(actions.contains(&Action::StepFinished(0, cancelled())));
+        assert!(tracker.vanished().is_empty());
     }
 
     #[test]

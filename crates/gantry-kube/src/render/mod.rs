@@ -209,7 +209,10 @@ pub fn render(
         ("CI", "true"),
         ("GANTRY", "true"),
         ("GANTRY_WORKSPACE", scripts::WORKSPACE),
-    ] {
+    ]
+    .into_iter()
+    .chain(SAFE_WORKSPACE)
+    {
         job_env.retain(|e| e.name != k);
         job_env.push(env(k, v));
     }
@@ -354,6 +357,17 @@ pub fn render(
     })
 }
 
+/// The workspace `emptyDir` belongs to root while steps (and the clone, under `restricted`)
+/// may run as another user; git then refuses the checkout ("detected dubious ownership in
+/// repository at '/workspace'", found on the real node). Marked safe through git's
+/// environment configuration, which counts as command-line scope (the only scopes git reads
+/// `safe.directory` from besides the system and global files).
+const SAFE_WORKSPACE: [(&str, &str); 3] = [
+    ("GIT_CONFIG_COUNT", "1"),
+    ("GIT_CONFIG_KEY_0", "safe.directory"),
+    ("GIT_CONFIG_VALUE_0", scripts::WORKSPACE),
+];
+
 fn clone_container(ctx: &Ctx<'_>, pod: &str, credentials: bool) -> Container {
     let job = ctx.job;
     let mut env_vars = vec![
@@ -362,6 +376,7 @@ fn clone_container(ctx: &Ctx<'_>, pod: &str, credentials: bool) -> Container {
         env("GIT_TERMINAL_PROMPT", "0"),
         env("HOME", "/tmp"),
     ];
+    env_vars.extend(SAFE_WORKSPACE.iter().map(|(k, v)| env(k, *v)));
     if credentials {
         let secret = names::clone_secret(pod);
         env_vars.push(secret_env("GIT_USERNAME", &secret, "username"));
@@ -374,6 +389,9 @@ fn clone_container(ctx: &Ctx<'_>, pod: &str, credentials: bool) -> Container {
         env: Some(env_vars),
         volume_mounts: Some(vec![mount("workspace", scripts::WORKSPACE, false)]),
         security_context: Some(ctx.security_context(&[])),
+        // A failed clone's last lines (git's own reason: authentication, no such commit)
+        // become its termination message, which the job's error and log carry.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     }
 }

@@ -13,6 +13,7 @@
 mod jobs;
 mod quota;
 mod rbac;
+mod real_node;
 mod relist;
 
 use std::collections::BTreeMap;
