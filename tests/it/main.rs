@@ -4,6 +4,7 @@ mod chart;
 mod cli_lint;
 mod cli_run;
 mod examples;
+mod real_node;
 mod replicas;
 mod serve;
 mod server;

@@ -107,11 +107,83 @@ pub struct ReceivedStatus {
     pub target_url: Option<String>,
 }
 
-/// A fake GitHub REST API: records `POST /repos/{owner}/{repo}/statuses/{sha}`.
+/// A fake GitHub REST API: records `POST /repos/{owner}/{repo}/statuses/{sha}`, and (when
+/// started with repositories) answers the contents API from their git repositories.
 pub struct FakeGithub {
     pub url: String,
     pub statuses: Arc<Mutex<Vec<ReceivedStatus>>>,
     _server: tokio::task::JoinHandle<()>,
+}
+
+/// `GET /repos/{owner}/{repo}/contents/{path}?ref=SHA` as GitHub documents it
+/// (docs.github.com/en/rest/repos/contents, "Get repository content"): a file as
+/// `{"type": "file", "encoding": "base64", "content": …}`, a directory as an array of
+/// `{"type", "name", "path"}`, 404 when the path is not there at that commit. Read with git from
+/// the repository registered for `owner/repo`.
+async fn contents(
+    State(repos): State<Arc<std::collections::HashMap<String, PathBuf>>>,
+    UrlPath((owner, repo, path)): UrlPath<(String, String, String)>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> (axum::http::StatusCode, Json<Value>) {
+    use base64::Engine as _;
+    let not_found = (
+        axum::http::StatusCode::NOT_FOUND,
+        Json(json!({ "message": "Not Found" })),
+    );
+    let Some(dir) = repos.get(&format!("{owner}/{repo}")) else {
+        return not_found;
+    };
+    let sha = query.get("ref").cloned().unwrap_or_else(|| "HEAD".into());
+    let path = path.trim_matches('/');
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| o.stdout)
+    };
+    let Some(kind) = git(&["cat-file", "-t", &format!("{sha}:{path}")]) else {
+        return not_found;
+    };
+    match String::from_utf8_lossy(&kind).trim() {
+        "blob" => {
+            let bytes = git(&["cat-file", "blob", &format!("{sha}:{path}")]).unwrap_or_default();
+            let name = path.rsplit('/').next().unwrap_or(path);
+            (
+                axum::http::StatusCode::OK,
+                Json(json!({
+                    "type": "file", "encoding": "base64", "name": name, "path": path,
+                    "size": bytes.len(),
+                    "content": base64::engine::general_purpose::STANDARD.encode(&bytes),
+                })),
+            )
+        }
+        "tree" => {
+            let listing = git(&["ls-tree", &format!("{sha}:{path}")]).unwrap_or_default();
+            let entries: Vec<Value> = String::from_utf8_lossy(&listing)
+                .lines()
+                .filter_map(|l| {
+                    let (meta, name) = l.split_once('\t')?;
+                    let kind = match meta.split(' ').nth(1)? {
+                        "blob" => "file",
+                        "tree" => "dir",
+                        _ => "submodule",
+                    };
+                    let full = if path.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{path}/{name}")
+                    };
+                    Some(json!({ "type": kind, "name": name, "path": full }))
+                })
+                .collect();
+            (axum::http::StatusCode::OK, Json(Value::Array(entries)))
+        }
+        _ => not_found,
+    }
 }
 
 async fn record_status(
@@ -131,13 +203,26 @@ async fn record_status(
 
 impl FakeGithub {
     pub async fn start() -> Self {
+        Self::start_with_repos(std::collections::HashMap::new()).await
+    }
+
+    /// Also serves the contents API for each `owner/name` from its git repository (bare or not).
+    pub async fn start_with_repos(repos: std::collections::HashMap<String, PathBuf>) -> Self {
         let statuses: Arc<Mutex<Vec<ReceivedStatus>>> = Arc::default();
         let app = axum::Router::new()
             .route(
                 "/repos/{owner}/{repo}/statuses/{sha}",
                 axum::routing::post(record_status),
             )
-            .with_state(statuses.clone());
+            .with_state(statuses.clone())
+            .merge(
+                axum::Router::new()
+                    .route(
+                        "/repos/{owner}/{repo}/contents/{*path}",
+                        axum::routing::get(contents),
+                    )
+                    .with_state(Arc::new(repos)),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {

@@ -1,0 +1,499 @@
+//! `gantry serve` on the test cluster's real node (tests/cluster/node/up): a signed push webhook
+//! from the fake GitHub, the pipeline read through the (fake) contents API at exactly the pushed
+//! commit, the job a Pod that a real kubelet runs with containerd and runc, the clone from an
+//! authenticated git server with the forge's token, logs through the real `pods/log`, statuses
+//! back to the fake GitHub. Cancel, a restart of Gantry mid-step and the operator's default job
+//! timeout act on real containers.
+//!
+//! Needs the test cluster with its real node (`./dev test` starts it); without it the tests fail
+//! and say what is missing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::serve::{run_of, runs_of_delivery};
+use crate::server::{FakeGithub, Gantry, client, eventually, get_json, push_payload, send_push};
+
+const ZERO: &str = "0000000000000000000000000000000000000000";
+const API_TOKEN: &str = "it-api-token";
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: this test needs the test cluster's real node, which \
+             tests/cluster/up starts (unless GANTRY_CLUSTER_REAL_NODE=0). Run it through \
+             `./dev test` (see docs/testing.md)"
+        )
+    })
+}
+
+/// The real node's image, git server and the cluster's admin kubeconfig.
+struct Node {
+    image: String,
+    git_root: PathBuf,
+    git_url: String,
+    /// Accepted by the git server under `x-access-token`, as GitHub takes a token.
+    token: String,
+    ca: String,
+    kubeconfig: String,
+}
+
+fn node() -> Node {
+    Node {
+        image: var("GANTRY_TEST_IMAGE"),
+        git_root: var("GANTRY_TEST_GIT_ROOT").into(),
+        git_url: var("GANTRY_TEST_GIT_URL"),
+        token: var("GANTRY_TEST_GIT_PASSWORD"),
+        ca: var("GANTRY_TEST_GIT_CA"),
+        kubeconfig: format!("{}/admin.kubeconfig", var("GANTRY_TEST_CLUSTER_DIR")),
+    }
+}
+
+fn kubectl(node: &Node, args: &[&str]) -> String {
+    let bin = PathBuf::from(var("GANTRY_TEST_CLUSTER_BIN")).join("kubectl");
+    let out = Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(&node.kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A namespace of its own for one test, enforcing the Pod Security baseline.
+fn namespace(node: &Node, tag: &str) -> String {
+    let ns = format!("gt-e2e-{tag}-{}", std::process::id());
+    kubectl(node, &["create", "namespace", &ns]);
+    kubectl(
+        node,
+        &[
+            "label",
+            "namespace",
+            &ns,
+            "pod-security.kubernetes.io/enforce=baseline",
+        ],
+    );
+    eventually_sync(|| {
+        kubectl(node, &["-n", &ns, "get", "serviceaccounts", "-o", "name"])
+            .contains("serviceaccount/default")
+    });
+    ns
+}
+
+fn eventually_sync(mut f: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("condition not met in 60 s");
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=Dev", "-c", "user.email=dev@example.com"])
+        .args([
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A private repository `acme/NAME` on the node's git server with one commit per pipeline
+/// text; its clone URL, its bare directory and the commits.
+fn private_repo(node: &Node, pipelines: &[String]) -> (String, String, PathBuf, Vec<String>) {
+    let name = format!("app-{}", std::process::id() as u64 * 1000 + rand_suffix());
+    let bare = node.git_root.join(format!("{name}.git"));
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare"]);
+    git(
+        &bare,
+        &["config", "uploadpack.allowReachableSHA1InWant", "true"],
+    );
+    let work = tempfile::tempdir().unwrap();
+    git(work.path(), &["init", "-q"]);
+    let mut shas = Vec::new();
+    for (i, pipeline) in pipelines.iter().enumerate() {
+        std::fs::write(work.path().join(".gantry.yaml"), pipeline).unwrap();
+        std::fs::write(work.path().join("marker.txt"), format!("commit {i}\n")).unwrap();
+        git(work.path(), &["add", "-A"]);
+        git(work.path(), &["commit", "-q", "-m", &format!("commit {i}")]);
+        shas.push(git(work.path(), &["rev-parse", "HEAD"]));
+    }
+    git(
+        work.path(),
+        &["push", "-q", bare.to_str().unwrap(), "HEAD:refs/heads/main"],
+    );
+    (format!("{}/{name}.git", node.git_url), name, bare, shas)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `gantry serve` on the Kubernetes backend: the namespace `ns`, pods on the real node (its
+/// label and taint, as a dedicated CI node pool), Gantry's own images the test image, the
+/// pipeline read through the contents API, `token` as the GitHub token (also the clone's).
+fn serve(
+    node: &Node,
+    ns: &str,
+    data: &Path,
+    github: &FakeGithub,
+    token: &str,
+    env: &[(&str, &str)],
+) -> Gantry {
+    let config = data.join("gantry.toml");
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            r#"backend = "kubernetes"
+[kubernetes]
+namespace = "{ns}"
+node_selector = {{ "gantry.dev/real-node" = "true" }}
+tolerations = [{{ key = "gantry.dev/real-node", operator = "Equal", value = "true", effect = "NoSchedule" }}]
+[kubernetes.images]
+clone = "{image}"
+default_job = "{image}"
+[kubernetes.timings]
+stuck_grace = 20
+cancel_grace = 2
+"#,
+            image = node.image
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let mut all = vec![
+        ("GANTRY_BACKEND", "kubernetes"),
+        ("GANTRY_CONFIG", config.as_str()),
+        ("KUBECONFIG", node.kubeconfig.as_str()),
+        ("GANTRY_GITHUB_TOKEN", token),
+        ("GANTRY_GITHUB_READ_FILES", "api"),
+        // Gantry's own git (ls-remote, compare) trusts the git server's CA.
+        ("GIT_SSL_CAINFO", node.ca.as_str()),
+    ];
+    all.extend_from_slice(env);
+    Gantry::start(data, &github.url, &all)
+}
+
+async fn final_run(gantry: &Gantry, id: &str) -> Value {
+    eventually(Duration::from_secs(120), "the run to finish", || async {
+        let run = run_of(gantry, id).await;
+        ["success", "failure", "cancelled", "error"]
+            .contains(&run["status"].as_str().unwrap_or(""))
+            .then_some(run)
+    })
+    .await
+}
+
+/// The text lines of step `step` of job `job` (an object of a run's `jobs`).
+async fn step_lines(gantry: &Gantry, job: &Value, step: usize) -> Vec<String> {
+    let url = format!(
+        "{}/api/v1/jobs/{}/attempts/{}/steps/{step}/log",
+        gantry.url,
+        job["id"].as_str().unwrap(),
+        job["attempt"]
+    );
+    let page = get_json(&url).await;
+    page["lines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{url}: {page:#}"))
+        .iter()
+        .filter_map(|l| l["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn pipeline(image: &str, steps: &[&str]) -> String {
+    let mut text = format!("name: ci\njobs:\n  test:\n    image: {image}\n    steps:\n");
+    for (i, s) in steps.iter().enumerate() {
+        text.push_str(&format!(
+            "      - name: step{i}\n        run: {}\n",
+            serde_json::to_string(s).unwrap()
+        ));
+    }
+    text
+}
+
+/// Processes on this machine whose command line contains `marker`.
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(marker) && !c.contains("cargo"))
+        .count()
+}
+
+fn unique_sleep() -> String {
+    format!(
+        "{}",
+        900_000 + std::process::id() as u64 * 10 + rand_suffix()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_the_real_node_clones_the_pushed_commit_of_a_private_repository_and_runs_its_steps()
+ {
+    let node = node();
+    let ns = namespace(&node, "clone");
+    // Two commits; the push is of the first, which is no longer the branch's tip.
+    let steps = [
+        "cat marker.txt; git rev-parse HEAD",
+        "echo failing now; exit 3",
+        "echo never printed",
+    ];
+    let (url, name, bare, shas) = private_repo(
+        &node,
+        &[
+            pipeline(&node.image, &steps),
+            pipeline(&node.image, &["echo tip"]),
+        ],
+    );
+    let github =
+        FakeGithub::start_with_repos(HashMap::from([(format!("acme/{name}"), bare)])).await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = serve(&node, &ns, data.path(), &github, &node.token, &[]);
+    let (code, _) = send_push(
+        &gantry,
+        "d-clone",
+        &push_payload(&name, &url, ZERO, &shas[0], &[]),
+    )
+    .await;
+    assert_eq!(code, 202);
+    let run_id = runs_of_delivery(&gantry, "d-clone").await.remove(0);
+    let run = final_run(&gantry, &run_id).await;
+    assert_eq!(run["status"], "failure", "{run:#}");
+    let job = &run["jobs"][0];
+    let step_states: Vec<&str> = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(step_states, ["success", "failure", "skipped"], "{run:#}");
+    assert_eq!(job["steps"][1]["exit_code"], 3, "{run:#}");
+    assert_eq!(
+        step_lines(&gantry, job, 0).await,
+        ["commit 0", shas[0].as_str()]
+    );
+    assert_eq!(step_lines(&gantry, job, 1).await, ["failing now"]);
+    assert!(step_lines(&gantry, job, 2).await.is_empty());
+    eventually(Duration::from_secs(30), "the failure status", || async {
+        github
+            .states("gantry/ci")
+            .last()
+            .map(|s| s == "failure")
+            .unwrap_or(false)
+            .then_some(())
+    })
+    .await;
+    let statuses = github.statuses();
+    assert!(statuses.iter().all(|s| s.sha == shas[0]), "{statuses:?}");
+    // The token went to the pod in a Secret owned by the Pod, never into the Pod spec.
+    let pods = kubectl(&node, &["-n", &ns, "get", "pods", "-o", "yaml"]);
+    assert!(pods.contains("secretKeyRef"), "{pods}");
+    assert!(!pods.contains(&node.token), "the token is in a Pod spec");
+    drop(gantry);
+
+    // The same push to a Gantry whose token the git server refuses: the clone fails and says so.
+    let data = tempfile::tempdir().unwrap();
+    let gantry = serve(&node, &ns, data.path(), &github, "not-the-token", &[]);
+    send_push(
+        &gantry,
+        "d-refused",
+        &push_payload(&name, &url, ZERO, &shas[0], &[]),
+    )
+    .await;
+    let run_id = runs_of_delivery(&gantry, "d-refused").await.remove(0);
+    let run = final_run(&gantry, &run_id).await;
+    assert_eq!(run["status"], "error", "{run:#}");
+    let text = run.to_string();
+    assert!(text.contains("checkout failed"), "{run:#}");
+    assert!(
+        text.contains("Authentication failed") || text.contains("401"),
+        "git's reason reaches the user: {run:#}"
+    );
+    let lines = step_lines(&gantry, &run["jobs"][0], 0).await;
+    assert!(
+        lines.iter().any(|l| l.contains("checkout failed")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_the_real_node_cancel_deletes_the_pod_and_ends_the_step_process() {
+    let node = node();
+    let ns = namespace(&node, "cancel");
+    let marker = unique_sleep();
+    let (url, name, bare, shas) = private_repo(
+        &node,
+        &[pipeline(
+            &node.image,
+            &[&format!("echo started; exec sleep {marker}")],
+        )],
+    );
+    let github =
+        FakeGithub::start_with_repos(HashMap::from([(format!("acme/{name}"), bare)])).await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = serve(&node, &ns, data.path(), &github, &node.token, &[]);
+    send_push(
+        &gantry,
+        "d-cancel",
+        &push_payload(&name, &url, ZERO, &shas[0], &[]),
+    )
+    .await;
+    let run_id = runs_of_delivery(&gantry, "d-cancel").await.remove(0);
+    eventually(Duration::from_secs(60), "the step to print", || async {
+        let run = run_of(&gantry, &run_id).await;
+        if run["jobs"][0]["steps"][0]["status"] != "running" {
+            return None;
+        }
+        (step_lines(&gantry, &run["jobs"][0], 0).await == ["started"]).then_some(())
+    })
+    .await;
+    assert_eq!(processes_with(&format!("sleep {marker}")), 1);
+    let cancelled = client()
+        .post(format!("{}/api/v1/runs/{run_id}/cancel", gantry.url))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status().as_u16(), 200);
+    let run = final_run(&gantry, &run_id).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    eventually(
+        Duration::from_secs(30),
+        "the pod and its process to be gone",
+        || async {
+            let pods = kubectl(&node, &["-n", &ns, "get", "pods", "-o", "name"]);
+            (pods.trim().is_empty() && processes_with(&format!("sleep {marker}")) == 0)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_the_real_node_a_restart_mid_step_loses_and_repeats_no_line() {
+    let node = node();
+    let ns = namespace(&node, "restart");
+    let (url, name, bare, shas) = private_repo(
+        &node,
+        &[pipeline(
+            &node.image,
+            &[
+                "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.5; done",
+                "echo after the restart",
+            ],
+        )],
+    );
+    let github =
+        FakeGithub::start_with_repos(HashMap::from([(format!("acme/{name}"), bare)])).await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = serve(&node, &ns, data.path(), &github, &node.token, &[]);
+    send_push(
+        &gantry,
+        "d-restart",
+        &push_payload(&name, &url, ZERO, &shas[0], &[]),
+    )
+    .await;
+    let run_id = runs_of_delivery(&gantry, "d-restart").await.remove(0);
+    eventually(
+        Duration::from_secs(60),
+        "the step's second line",
+        || async {
+            let run = run_of(&gantry, &run_id).await;
+            (step_lines(&gantry, &run["jobs"][0], 0).await.len() >= 2).then_some(())
+        },
+    )
+    .await;
+    gantry.kill_hard();
+    let gantry = serve(&node, &ns, data.path(), &github, &node.token, &[]);
+    let run = final_run(&gantry, &run_id).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    let expected: Vec<String> = (1..=10).map(|i| format!("line {i}")).collect();
+    assert_eq!(step_lines(&gantry, &run["jobs"][0], 0).await, expected);
+    assert_eq!(
+        step_lines(&gantry, &run["jobs"][0], 1).await,
+        ["after the restart"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_the_real_node_a_job_without_a_timeout_gets_the_operators_default() {
+    let node = node();
+    let ns = namespace(&node, "deadline");
+    let marker = unique_sleep();
+    let (url, name, bare, shas) = private_repo(
+        &node,
+        &[pipeline(
+            &node.image,
+            &[&format!("echo started; exec sleep {marker}")],
+        )],
+    );
+    let github =
+        FakeGithub::start_with_repos(HashMap::from([(format!("acme/{name}"), bare)])).await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = serve(
+        &node,
+        &ns,
+        data.path(),
+        &github,
+        &node.token,
+        &[("GANTRY_DEFAULT_JOB_TIMEOUT", "6s")],
+    );
+    send_push(
+        &gantry,
+        "d-deadline",
+        &push_payload(&name, &url, ZERO, &shas[0], &[]),
+    )
+    .await;
+    let run_id = runs_of_delivery(&gantry, "d-deadline").await.remove(0);
+    let run = final_run(&gantry, &run_id).await;
+    assert_ne!(run["status"], "success", "{run:#}");
+    let pod = kubectl(
+        &node,
+        &[
+            "-n",
+            &ns,
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[0].spec.activeDeadlineSeconds} {.items[0].status.reason}",
+        ],
+    );
+    assert_eq!(pod.trim(), "6 DeadlineExceeded", "{run:#}");
+    eventually(
+        Duration::from_secs(30),
+        "the step's process to be gone",
+        || async { (processes_with(&format!("sleep {marker}")) == 0).then_some(()) },
+    )
+    .await;
+}
