@@ -57,9 +57,11 @@ test-all:
 check-chart:
     scripts/check-chart
 
-# Build (or reuse from the cache) the Kubernetes control plane, etcd and kwok for the tests.
+# Build (or reuse from the cache) the Kubernetes control plane, kubelet, etcd and kwok, and the
+# real node's containerd, for the tests.
 cluster-build:
     tests/cluster/build
+    tests/cluster/node/build
 
 # The kwok Stages that play our pods, tested on their own.
 cluster-stage-tests: cluster-build
