@@ -12,7 +12,7 @@ use gantry_core::{
     Backend, BackendError, EventSender, JobEvent, JobEventKind, JobId, JobRequest, LogLine,
     RepoRef, Resume, RunId, State, StoredLog, Stream,
 };
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::config::KubeConfig;
 use crate::logs::Follow;
 use crate::render::{RenderOptions, origin_of, render};
-use crate::tracker::{Action, Ending, Tracker};
+use crate::tracker::{Action, Ending, ScaleUp, Tracker};
 use crate::{Error, api, names};
 
 /// Username and token for cloning a repository.
@@ -60,6 +60,8 @@ pub(crate) enum Update {
     Applied(Arc<Pod>),
     Deleted,
     Cancel,
+    /// The cluster autoscaler's word on the pod (an Event on it), at the Event's time.
+    Autoscaler(ScaleUp, Option<SystemTime>),
 }
 
 pub(crate) struct Inner {
@@ -74,6 +76,9 @@ pub(crate) struct Inner {
     /// they were deleted; a pod whose create is still in flight may simply be newer than it.
     created: Mutex<HashSet<String>>,
     pub store: Store<Pod>,
+    /// The cluster autoscaler's Events on pods in the build namespace (few: one or two per
+    /// unschedulable pod), from the one Event watch.
+    autoscaler_events: Store<Event>,
     /// Listings the watch started (1 after the start; one more after every 410 Gone).
     lists: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -120,8 +125,10 @@ impl KubeBackend {
         credentials: Option<Arc<dyn CloneCredentials>>,
     ) -> Self {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
+        let events: Api<Event> = Api::namespaced(client.clone(), &config.namespace);
         let secrets: Api<Secret> = Api::namespaced(client, &config.namespace);
         let (store, writer) = reflector::store();
+        let (autoscaler_events, events_writer) = reflector::store();
         let inner = Arc::new(Inner {
             pods: pods.clone(),
             secrets,
@@ -130,15 +137,21 @@ impl KubeBackend {
             jobs: Mutex::new(HashMap::new()),
             created: Mutex::new(HashSet::new()),
             store,
+            autoscaler_events,
             lists: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
         });
         let watch = tokio::spawn(watch_pods(Arc::downgrade(&inner), pods, writer));
+        let events = tokio::spawn(watch_autoscaler_events(
+            Arc::downgrade(&inner),
+            events,
+            events_writer,
+        ));
         inner
             .tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(watch);
+            .extend([watch, events]);
         Self { inner }
     }
 
@@ -368,6 +381,67 @@ async fn watch_pods(
     }
 }
 
+/// The source component the cluster autoscaler records its Events under (its event recorder's
+/// `EventSource`, kubernetes/autoscaler `cluster-autoscaler/utils/kubernetes/factory.go`).
+const AUTOSCALER: &str = "cluster-autoscaler";
+
+/// The autoscaler's verdict in an Event, with the Event's time.
+fn scale_up(event: &Event) -> Option<(String, ScaleUp, Option<SystemTime>)> {
+    let verdict = ScaleUp::from_event(
+        event.reason.as_deref().unwrap_or_default(),
+        event.message.as_deref().unwrap_or_default(),
+    )?;
+    let at = event
+        .last_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| event.event_time.as_ref().map(|t| t.0))
+        .or_else(|| event.first_timestamp.as_ref().map(|t| t.0))
+        .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .map(SystemTime::from);
+    let pod = event.involved_object.name.clone()?;
+    Some((pod, verdict, at))
+}
+
+/// The one Event watch: the cluster autoscaler's Events on pods of the build namespace
+/// (`involvedObject.kind=Pod,source=cluster-autoscaler`, so the watch carries only those, not
+/// the kubelet's and the scheduler's), each handed to the task of its pod's attempt. The
+/// autoscaler emits `TriggeredScaleUp` / `NotTriggerScaleUp` on pods it looked at
+/// (kubernetes/autoscaler `cluster-autoscaler/processors/status/eventing_scale_up_processor.go`);
+/// the tracker acts on them only while its pod cannot be scheduled. Needs `list` and `watch` on
+/// `events` in the build namespace (the chart's Role); without them Gantry works as if there
+/// were no autoscaler.
+async fn watch_autoscaler_events(
+    inner: std::sync::Weak<Inner>,
+    events: Api<Event>,
+    writer: reflector::store::Writer<Event>,
+) {
+    let config =
+        watcher::Config::default().fields(&format!("involvedObject.kind=Pod,source={AUTOSCALER}"));
+    let stream = watcher(events, config)
+        .default_backoff()
+        .modify(|e| e.metadata.managed_fields = None)
+        .reflect(writer);
+    futures::pin_mut!(stream);
+    let mut warned = false;
+    while let Some(event) = stream.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        match event {
+            Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) => {
+                if let Some((pod, verdict, at)) = scale_up(&e) {
+                    inner.route(&pod, Update::Autoscaler(verdict, at));
+                }
+            }
+            Ok(_) => {}
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(error = %e, "cannot watch the cluster autoscaler's events (RBAC: list and watch events in the build namespace); unschedulable pods end after the grace; retrying with backoff");
+            }
+            Err(e) => tracing::debug!(error = %e, "event watch error; retrying with backoff"),
+        }
+    }
+}
+
 /// A step's log task.
 struct LogTask {
     ended: watch::Sender<bool>,
@@ -473,6 +547,7 @@ impl Runner {
                         self.tracker.observe(&pod)
                     }
                     Some(Update::Deleted) => self.tracker.vanished(),
+                    Some(Update::Autoscaler(verdict, at)) => self.tracker.autoscaler(verdict, at),
                     Some(Update::Cancel) => {
                         self.tracker.end(Ending::Cancelled);
                         self.delete(self.inner.config.timings.cancel_grace).await;
@@ -537,7 +612,9 @@ impl Runner {
                             return self.act_all(actions).await;
                         }
                         // Nothing of this pod exists yet.
-                        Some(Update::Applied(_) | Update::Deleted) => continue,
+                        Some(Update::Applied(_) | Update::Deleted | Update::Autoscaler(..)) => {
+                            continue;
+                        }
                     },
                     _ = tokio::time::sleep_until(wake) => break,
                     _ = sleep_until(deadline) => {
@@ -698,6 +775,21 @@ impl Runner {
                 let grace = self.inner.config.timings.stuck_grace;
                 self.stuck_until = Some((Instant::now() + grace, why));
             }
+            Action::ScalingUp { why, autoscaler } => {
+                self.system(
+                    0,
+                    format!("the cluster autoscaler is adding a node for the pod: {autoscaler}"),
+                )
+                .await;
+                // Beyond the grace, as long as the job may run.
+                self.stuck_until = self.deadline().map(|at| (at, why));
+            }
+            Action::GiveUp(why) => {
+                self.stuck_until = None;
+                self.system(0, why.clone()).await;
+                self.tracker.end(Ending::Stuck(why));
+                self.delete(Duration::ZERO).await;
+            }
             Action::Unstuck => self.stuck_until = None,
             Action::Finished(state, reason) => {
                 for (_, log) in self.logs.drain() {
@@ -791,6 +883,14 @@ impl gantry_engine::Reattach for KubeBackend {
         }
         self.inner.created().insert(name.clone());
         let _ = tx.send(Update::Applied(pod));
+        // What the autoscaler said while Gantry was down (newer Events come from the watch).
+        for event in self.inner.autoscaler_events.state() {
+            if let Some((pod, verdict, at)) = scale_up(&event)
+                && pod == name
+            {
+                let _ = tx.send(Update::Autoscaler(verdict, at));
+            }
+        }
         // The notices go with the attempt's start: when the store has neither, they are said
         // (rendered again: the same job and configuration give the same notices).
         let notices =

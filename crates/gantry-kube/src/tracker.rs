@@ -40,8 +40,49 @@ pub(crate) enum Action {
     /// Something keeps the pod from progressing; the job ends as `error` with this reason
     /// unless it clears within the grace.
     Stuck(String),
+    /// The pod cannot be scheduled, and the cluster autoscaler is adding a node for it
+    /// (`TriggeredScaleUp`, with its message): the job waits beyond the grace, until its
+    /// timeout; when that passes, it ends as `error` with `why`.
+    ScalingUp {
+        why: String,
+        autoscaler: String,
+    },
+    /// End the job as `error` with this reason now (the pod cannot be scheduled and the
+    /// cluster autoscaler said it will not add a node: `NotTriggerScaleUp`).
+    GiveUp(String),
     Unstuck,
     Finished(State, Option<String>),
+}
+
+/// What the cluster autoscaler said about a pod, as an Event on it (reason `TriggeredScaleUp`
+/// or `NotTriggerScaleUp`, with its message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ScaleUp {
+    Triggered(String),
+    Declined(String),
+}
+
+impl ScaleUp {
+    /// From an Event's reason and message; `None` for other reasons.
+    pub fn from_event(reason: &str, message: &str) -> Option<Self> {
+        match reason {
+            "TriggeredScaleUp" => Some(Self::Triggered(message.to_owned())),
+            "NotTriggerScaleUp" => Some(Self::Declined(message.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// What holds the pod up, and how the job treats it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Stall {
+    None,
+    /// Ends the job after the grace unless it clears.
+    Grace(String),
+    /// Unschedulable while the autoscaler scales up: waits until the job's timeout.
+    ScalingUp(String, String),
+    /// Unschedulable and the autoscaler will not help: ends the job now.
+    Declined(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +108,13 @@ pub(crate) struct Tracker {
     phases: Vec<Phase>,
     started: bool,
     finished: bool,
-    stuck: Option<String>,
+    stall: Stall,
+    /// A container stuck (image pull, config), as last seen.
+    container_stuck: Option<String>,
+    /// The scheduler's message while the pod is unschedulable, as last seen.
+    unschedulable: Option<String>,
+    /// The cluster autoscaler's latest word on the pod, with the time of its Event.
+    scale_up: Option<(ScaleUp, Option<SystemTime>)>,
     /// The first failure that fails the job: (state, reason).
     failed: Option<(State, String)>,
     ending: Option<Ending>,
@@ -88,7 +135,10 @@ impl Tracker {
             phases: vec![Phase::Waiting; steps.len()],
             started: false,
             finished: false,
-            stuck: None,
+            stall: Stall::None,
+            container_stuck: None,
+            unschedulable: None,
+            scale_up: None,
             failed: None,
             ending: None,
             cancelled: false,
@@ -158,24 +208,18 @@ impl Tracker {
                 break;
             }
         }
-        if stuck.is_none()
-            && let Some(cond) = status.conditions.iter().flatten().find(|c| {
+        self.container_stuck = stuck;
+        self.unschedulable = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| {
                 c.type_ == "PodScheduled"
                     && c.status == "False"
                     && c.reason.as_deref() == Some("Unschedulable")
             })
-        {
-            stuck = Some(format!(
-                "the pod cannot be scheduled: {}",
-                cond.message.clone().unwrap_or_default()
-            ));
-        }
-        match (&stuck, &self.stuck) {
-            (Some(s), None) => out.push(Action::Stuck(s.clone())),
-            (None, Some(_)) => out.push(Action::Unstuck),
-            _ => {}
-        }
-        self.stuck = stuck;
+            .map(|c| c.message.clone().unwrap_or_default());
+        out.extend(self.restall());
 
         // The checkout.
         if let Some(t) = terminated(containers.get(names::CLONE)) {
@@ -294,6 +338,56 @@ impl Tracker {
             };
             self.failed = Some((outcome.state, reason));
         }
+    }
+
+    /// The cluster autoscaler's word on the pod (an Event on it, at its time). The latest one
+    /// counts; it matters only while the pod cannot be scheduled.
+    pub fn autoscaler(&mut self, verdict: ScaleUp, at: Option<SystemTime>) -> Vec<Action> {
+        if self.finished {
+            return Vec::new();
+        }
+        let newer = match &self.scale_up {
+            Some((_, Some(seen))) => at.is_none_or(|at| at >= *seen),
+            _ => true,
+        };
+        if newer {
+            self.scale_up = Some((verdict, at));
+        }
+        self.restall()
+    }
+
+    /// What holds the pod up now, and the action when that changed.
+    fn restall(&mut self) -> Vec<Action> {
+        let stall = if let Some(s) = &self.container_stuck {
+            Stall::Grace(s.clone())
+        } else if let Some(message) = &self.unschedulable {
+            match &self.scale_up {
+                Some((ScaleUp::Triggered(m), _)) => Stall::ScalingUp(message.clone(), m.clone()),
+                Some((ScaleUp::Declined(m), _)) => Stall::Declined(m.clone()),
+                None => Stall::Grace(format!("the pod cannot be scheduled: {message}")),
+            }
+        } else {
+            Stall::None
+        };
+        let same = std::mem::discriminant(&stall) == std::mem::discriminant(&self.stall);
+        let action = match &stall {
+            // Still held up the same way: the timer already runs.
+            _ if same => None,
+            Stall::None => Some(Action::Unstuck),
+            Stall::Grace(why) => Some(Action::Stuck(why.clone())),
+            Stall::ScalingUp(message, autoscaler) => Some(Action::ScalingUp {
+                why: format!(
+                    "the pod cannot be scheduled: {message}; the cluster autoscaler's scale-up \
+                     did not place it within the job's timeout ({autoscaler})"
+                ),
+                autoscaler: autoscaler.clone(),
+            }),
+            Stall::Declined(m) => Some(Action::GiveUp(format!(
+                "the pod cannot be scheduled and the cluster autoscaler will not add a node: {m}"
+            ))),
+        };
+        self.stall = stall;
+        action.into_iter().collect()
     }
 
     /// The backend gives up on the attempt before its pod exists (a quota never admitted it):
@@ -614,5 +708,116 @@ mod tests {
                 },
             ]
         );
+    }
+
+    fn unschedulable(message: &str) -> Pod {
+        use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+        Pod {
+            status: Some(PodStatus {
+                phase: Some("Pending".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "False".into(),
+                    reason: Some("Unschedulable".into()),
+                    message: Some(message.into()),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    fn scheduled() -> Pod {
+        use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+        Pod {
+            status: Some(PodStatus {
+                phase: Some("Pending".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "True".into(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    const NO_NODE: &str =
+        "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.";
+    const UP: &str = "pod triggered scale-up: [{ci-pool 0->1 (max: 3)}]";
+    const NOT: &str =
+        "pod didn't trigger scale-up: 1 node(s) didn't match Pod's node affinity/selector";
+
+    fn at(secs: u64) -> Option<SystemTime> {
+        Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn an_unschedulable_pod_without_the_autoscaler_gets_the_grace_with_the_schedulers_message() {
+        let mut t = Tracker::new(&job(1));
+        assert_eq!(
+            t.observe(&unschedulable(NO_NODE)),
+            [Action::Stuck(format!(
+                "the pod cannot be scheduled: {NO_NODE}"
+            ))]
+        );
+        // The same again: the timer keeps running.
+        assert_eq!(t.observe(&unschedulable(NO_NODE)), []);
+        assert_eq!(t.observe(&scheduled()), [Action::Unstuck]);
+    }
+
+    #[test]
+    fn a_scale_up_waits_beyond_the_grace_and_said_once() {
+        let mut t = Tracker::new(&job(1));
+        assert!(matches!(
+            t.observe(&unschedulable(NO_NODE))[..],
+            [Action::Stuck(_)]
+        ));
+        let actions = t.autoscaler(ScaleUp::Triggered(UP.into()), at(10));
+        let [Action::ScalingUp { why, autoscaler }] = &actions[..] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(autoscaler, UP);
+        assert!(why.contains(NO_NODE) && why.contains(UP), "{why}");
+        // Another scale-up Event, the pod seen again: nothing new.
+        assert_eq!(t.autoscaler(ScaleUp::Triggered(UP.into()), at(20)), []);
+        assert_eq!(t.observe(&unschedulable(NO_NODE)), []);
+        // The node came: scheduled.
+        assert_eq!(t.observe(&scheduled()), [Action::Unstuck]);
+        // A late Event on a scheduled pod changes nothing.
+        assert_eq!(t.autoscaler(ScaleUp::Declined(NOT.into()), at(30)), []);
+    }
+
+    #[test]
+    fn no_scale_up_gives_up_with_the_autoscalers_message() {
+        let mut t = Tracker::new(&job(1));
+        t.observe(&unschedulable(NO_NODE));
+        t.autoscaler(ScaleUp::Triggered(UP.into()), at(10));
+        assert_eq!(
+            t.autoscaler(ScaleUp::Declined(NOT.into()), at(20)),
+            [Action::GiveUp(format!(
+                "the pod cannot be scheduled and the cluster autoscaler will not add a node: {NOT}"
+            ))]
+        );
+    }
+
+    #[test]
+    fn the_latest_event_counts_and_an_event_before_the_pod_is_seen_is_kept() {
+        // A declined verdict older than the scale-up does not undo it.
+        let mut t = Tracker::new(&job(1));
+        assert_eq!(t.autoscaler(ScaleUp::Triggered(UP.into()), at(20)), []);
+        assert_eq!(t.autoscaler(ScaleUp::Declined(NOT.into()), at(10)), []);
+        let actions = t.observe(&unschedulable(NO_NODE));
+        assert!(
+            matches!(actions[..], [Action::ScalingUp { .. }]),
+            "{actions:?}"
+        );
+        // Nor for a pod first seen unschedulable after a NotTriggerScaleUp: it gives up at once.
+        let mut t = Tracker::new(&job(1));
+        t.autoscaler(ScaleUp::Declined(NOT.into()), at(10));
+        let actions = t.observe(&unschedulable(NO_NODE));
+        assert!(matches!(actions[..], [Action::GiveUp(_)]), "{actions:?}");
     }
 }

@@ -1020,6 +1020,19 @@ async fn requests_per_job_stay_within_the_budget() {
     );
     assert_eq!(counts.get("list pods").copied(), Some(1), "{counts:?}");
     assert_eq!(counts.get("watch pods").copied(), Some(1), "{counts:?}");
+    // One Event watch for the whole backend, not a request per pod: only the autoscaler's
+    // Events on pods.
+    assert_eq!(counts.get("list events").copied(), Some(1), "{counts:?}");
+    assert!(
+        counts.get("watch events").copied().unwrap_or(0) <= 1,
+        "{counts:?}"
+    );
+    let queries = h.fake.event_queries();
+    assert!(
+        queries[0]
+            .contains("fieldSelector=involvedObject.kind%3DPod%2Csource%3Dcluster-autoscaler"),
+        "{queries:?}"
+    );
 }
 
 #[tokio::test]

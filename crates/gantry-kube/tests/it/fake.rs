@@ -50,6 +50,8 @@ struct State {
     pods: BTreeMap<String, Pod>,
     rv: u64,
     watchers: Vec<mpsc::UnboundedSender<Chunk>>,
+    event_watchers: Vec<mpsc::UnboundedSender<Chunk>>,
+    event_queries: Vec<String>,
     logs: HashMap<String, VecDeque<LogReply>>,
     held_logs: HashMap<String, Vec<mpsc::UnboundedSender<Chunk>>>,
     faults: HashMap<String, VecDeque<Fault>>,
@@ -117,6 +119,11 @@ impl FakeApi {
             }
         });
         Client::new(service, NS)
+    }
+
+    /// The query strings of the Event lists.
+    pub fn event_queries(&self) -> Vec<String> {
+        self.state.lock().unwrap().event_queries.clone()
     }
 
     pub fn fault(&self, verb: &str, fault: Fault) {
@@ -254,6 +261,8 @@ impl FakeApi {
             ("DELETE", ["pods", _]) => "delete pods",
             ("GET", ["pods", _, "log"]) => "log pods",
             ("POST", ["secrets"]) => "create secrets",
+            ("GET", ["events"]) if watch => "watch events",
+            ("GET", ["events"]) => "list events",
             _ => "other",
         };
         let fault = {
@@ -297,6 +306,20 @@ impl FakeApi {
             "watch pods" => {
                 let (tx, body) = open();
                 s.watchers.push(tx);
+                Response::builder().status(200).body(body).unwrap()
+            }
+            // No autoscaler here: no Events, and a watch that stays open.
+            "list events" => {
+                s.event_queries.push(query.to_owned());
+                reply(
+                    200,
+                    json!({"kind": "EventList", "apiVersion": "v1",
+                       "metadata": {"resourceVersion": s.rv.to_string()}, "items": []}),
+                )
+            }
+            "watch events" => {
+                let (tx, body) = open();
+                s.event_watchers.push(tx);
                 Response::builder().status(200).body(body).unwrap()
             }
             "create pods" => {

@@ -10,6 +10,7 @@
 //! (`pod-security.kubernetes.io/enforce: baseline`), so tests running side by side never see each
 //! other's pods (the sweeper would take them for orphans).
 
+mod autoscaler;
 mod jobs;
 mod quota;
 mod rbac;

@@ -10,11 +10,11 @@ use gantry_core::{Backend, JobId, RunId};
 use gantry_engine::SecretValues;
 use gantry_kube::{JobRegistry, KubeBackend, KubeSecretValues, names};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, PostParams, WatchParams};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -186,6 +186,20 @@ async fn the_charts_role_is_enough_and_nothing_more_is_allowed() {
     })
     .await;
     assert_eq!(swept, std::slice::from_ref(&pod));
+
+    // The cluster autoscaler's Events are watched (the backend's one Event watch).
+    let events: Api<Event> = Api::namespaced(gantry.clone(), &build_ns);
+    let params = WatchParams::default().fields("involvedObject.kind=Pod,source=cluster-autoscaler");
+    assert!(
+        events.watch(&params, "0").await.is_ok(),
+        "the account may watch events in the build namespace"
+    );
+    forbidden(
+        "list events in another namespace",
+        Api::<Event>::namespaced(gantry.clone(), &release_ns)
+            .list(&ListParams::default())
+            .await,
+    );
 
     // Outside the Role: denied.
     let secrets: Api<Secret> = Api::namespaced(gantry.clone(), &build_ns);
