@@ -78,7 +78,10 @@ pub struct RepoPolicy {
 pub struct Timings {
     /// How long an image pull error, a container config error (a missing Secret) or an
     /// unschedulable pod may last before the job ends as `error`. Kubernetes retries these
-    /// itself; many clear up (a Secret created a moment later, a node scaling up).
+    /// itself; many clear up (a Secret created a moment later, a node scaling up). An
+    /// unschedulable pod the cluster autoscaler is scaling up for (`TriggeredScaleUp`) waits
+    /// beyond it, until the job's timeout; one it will not scale up for (`NotTriggerScaleUp`)
+    /// ends at once.
     #[serde(with = "secs")]
     pub stuck_grace: Duration,
     /// `gracePeriodSeconds` when a cancel deletes a pod.

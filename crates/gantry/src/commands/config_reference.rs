@@ -355,7 +355,7 @@ const KUBERNETES_KEYS: &[(&str, &str)] = &[
     ),
     (
         "timings.stuck_grace",
-        "seconds an image pull error, config error or unschedulable pod may last before the job ends as `error`",
+        "seconds an image pull error, config error or unschedulable pod may last before the job ends as `error`; an unschedulable pod the cluster autoscaler scales up for (`TriggeredScaleUp`) waits until the job's timeout, one it will not (`NotTriggerScaleUp`) ends at once",
     ),
     (
         "timings.cancel_grace",
