@@ -391,6 +391,9 @@ async fn account(admin: &Client, namespace: &str, name: &str) -> String {
                     rule(&["pods"], &["create", "get", "list", "watch", "delete"]),
                     rule(&["pods/log"], &["get"]),
                     rule(&["secrets"], &["create", "delete"]),
+                    // As the chart: Gantry's one watch on the cluster autoscaler's Events
+                    // (without it, a 403 retried with backoff all run long).
+                    rule(&["events"], &["list", "watch"]),
                 ]),
             },
         )
