@@ -27,20 +27,8 @@ use crate::render::{RenderOptions, origin_of, render};
 use crate::tracker::{Action, Ending, ScaleUp, Tracker};
 use crate::{Error, api, names};
 
-/// Username and token for cloning a repository.
-#[derive(Clone)]
-pub struct GitCredentials {
-    pub username: String,
-    pub password: gantry_core::Secret,
-}
-
-impl std::fmt::Debug for GitCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitCredentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
+/// Username and token for cloning a repository: the forges' own type (they lend them).
+pub use gantry_core::GitCredentials;
 
 /// Short-lived clone credentials for a repository (a forge's installation token). `None`: the
 /// repository is cloned anonymously.

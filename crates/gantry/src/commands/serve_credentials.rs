@@ -32,10 +32,7 @@ impl gantry_kube::CloneCredentials for ForgeCloneCredentials {
                 repo.forge, repo.full_name
             ))
         })?;
-        Ok(creds.map(|c| gantry_kube::GitCredentials {
-            username: c.username,
-            password: c.password,
-        }))
+        Ok(creds)
     }
 }
 
