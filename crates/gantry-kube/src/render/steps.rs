@@ -192,6 +192,16 @@ pub(crate) fn step(
         }
         (_, _) => (command, None),
     };
+    // Under `restricted` the step runs as `restricted_uid`, which images rarely know: its HOME
+    // is then `/`, where it cannot write (`go` failed on the real node: "failed to initialize
+    // build cache at /.cache/go-build: mkdir /.cache: permission denied"). A `run` step gets
+    // HOME=/tmp, as the clone has, unless the job or the step sets HOME.
+    if ctx.security == SecurityLevel::Restricted
+        && matches!(step.kind, StepKind::Run { .. })
+        && !env_vars.iter().any(|e| e.name == "HOME")
+    {
+        env_vars.push(env("HOME", "/tmp"));
+    }
     let (command, args) = if matches!(step.kind, StepKind::Kaniko(_)) {
         // The executor's entrypoint stays; only its arguments are given.
         (None, Some(command))

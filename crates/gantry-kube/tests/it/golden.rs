@@ -253,3 +253,59 @@ fn goldens_are_valid_kubernetes_1_36_pods() {
         "kubernetes-validate reported problems:\n{report}"
     );
 }
+
+/// Under `restricted` a step runs as `restricted_uid`, unknown to the image, so its HOME would be
+/// `/` (not writable): `go test` of pipelines/go-test.yaml failed on the real node ("failed to
+/// initialize build cache at /.cache/go-build"). Each `run` step gets HOME=/tmp, unless the
+/// pipeline sets HOME; under `baseline` the image's own HOME stays.
+#[test]
+fn restricted_run_steps_get_a_writable_home_unless_the_pipeline_sets_one() {
+    let homes = |source: &str, security: gantry_kube::SecurityLevel| -> Vec<Option<String>> {
+        let config = KubeConfig {
+            security,
+            ..config()
+        };
+        let options = RenderOptions {
+            origin: gantry_kube::PullRequestOrigin::None,
+            clone_credentials: true,
+        };
+        let mut homes = Vec::new();
+        for (name, request) in requests(source, "ci.yaml") {
+            let job = request.unwrap_or_else(|e| panic!("{name}: {e}"));
+            let rendered = gantry_kube::render(&job, &config, &options).unwrap();
+            let spec = rendered.pod.spec.unwrap();
+            for c in spec
+                .init_containers
+                .unwrap_or_default()
+                .into_iter()
+                .chain(spec.containers)
+            {
+                if c.name.starts_with("step-") {
+                    homes.push(
+                        c.env
+                            .unwrap_or_default()
+                            .into_iter()
+                            .find(|e| e.name == "HOME")
+                            .and_then(|e| e.value),
+                    );
+                }
+            }
+        }
+        homes
+    };
+    let go = std::fs::read_to_string(root().join("pipelines/go-test.yaml")).unwrap();
+    let tmp = Some("/tmp".to_owned());
+    assert_eq!(
+        homes(&go, gantry_kube::SecurityLevel::Restricted),
+        [tmp.clone(), tmp]
+    );
+    assert_eq!(
+        homes(&go, gantry_kube::SecurityLevel::Baseline),
+        [None, None]
+    );
+    let own = "jobs:\n  a:\n    image: golang:1.24\n    env: { HOME: /cache }\n    steps:\n      - run: go test ./...\n      - run: go vet ./...\n        env: { HOME: /elsewhere }\n";
+    assert_eq!(
+        homes(own, gantry_kube::SecurityLevel::Restricted),
+        [Some("/cache".to_owned()), Some("/elsewhere".to_owned())]
+    );
+}
