@@ -9,11 +9,11 @@ use std::path::Path;
 
 use crate::support::{Repo, gantry, pos, run, workspace};
 
-fn example(name: &str) -> String {
+pub(crate) fn example(name: &str) -> String {
     std::fs::read_to_string(workspace().join("pipelines").join(name)).unwrap()
 }
 
-fn tiny_crate(repo: &Repo) {
+pub(crate) fn tiny_crate(repo: &Repo) {
     repo.write(
         "Cargo.toml",
         "[package]\nname = \"tiny\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
@@ -188,7 +188,7 @@ fn kaniko_example_fails_clearly_without_the_tools() {
     assert!(!ran.stdout.contains("run succeeded"), "{}", ran.all());
 }
 
-fn make_executable(path: &Path) {
+pub(crate) fn make_executable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mut perms = std::fs::metadata(path).unwrap().permissions();
     perms.set_mode(0o755);

@@ -5,6 +5,7 @@ mod cli_lint;
 mod cli_run;
 mod examples;
 mod real_node;
+mod real_node_examples;
 mod replicas;
 mod serve;
 mod server;
