@@ -458,6 +458,8 @@ struct Runner {
     launched: Instant,
     /// The pod, when a ResourceQuota refused it and it is still to be created.
     pending: Option<Pending>,
+    /// The newest `resourceVersion` of the pod observed, to drop older snapshots.
+    seen: Option<u64>,
 }
 
 impl Runner {
@@ -489,7 +491,29 @@ impl Runner {
             numbers,
             launched: Instant::now(),
             pending: None,
+            seen: None,
         }
+    }
+
+    /// Is `pod` at least as new as every snapshot observed so far? The create's own answer can
+    /// reach the runner after the watch delivered newer versions of the pod (found on the test
+    /// cluster: an unschedulable pod was taken as schedulable again, and the autoscaler's
+    /// scale-up was then ignored). resourceVersions are etcd revisions here; one that is not a
+    /// number is taken as new.
+    fn fresh(&mut self, pod: &Pod) -> bool {
+        let Some(rv) = pod
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return true;
+        };
+        if self.seen.is_some_and(|seen| rv < seen) {
+            return false;
+        }
+        self.seen = Some(rv);
+        true
     }
 
     /// When the job's timeout passes, if it has one.
@@ -531,9 +555,8 @@ impl Runner {
             let step_at = self.step_deadline.map(|s| s.0);
             let actions = tokio::select! {
                 update = rx.recv() => match update {
-                    Some(Update::Applied(pod)) => {
-                        self.tracker.observe(&pod)
-                    }
+                    Some(Update::Applied(pod)) if self.fresh(&pod) => self.tracker.observe(&pod),
+                    Some(Update::Applied(_)) => Vec::new(),
                     Some(Update::Deleted) => self.tracker.vanished(),
                     Some(Update::Autoscaler(verdict, at)) => self.tracker.autoscaler(verdict, at),
                     Some(Update::Cancel) => {
@@ -634,6 +657,7 @@ impl Runner {
                         format!("the resource quota admitted the pod after {waited}s"),
                     )
                     .await;
+                    self.fresh(&created);
                     let actions = self.tracker.observe(&created);
                     return self.act_all(actions).await;
                 }

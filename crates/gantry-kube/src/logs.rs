@@ -175,6 +175,10 @@ pub(crate) struct Follow {
 enum Read {
     /// The server ended the stream.
     Eof,
+    /// The watch said the container ended while its log was followed: what is left is read
+    /// without `follow`. (A kubelet ends a follow stream only when it next checks the container,
+    /// about a second after its end: the step's end would be reported that much later.)
+    Ended,
     /// The connection broke, or the stream could not be opened (yet).
     Broken,
     /// The pod or container is gone (404): there is nothing more to read.
@@ -225,6 +229,7 @@ impl Follow {
             }
             match read {
                 Read::Gone => return requests,
+                Read::Ended => delay = self.backoff,
                 Read::Eof => {
                     delay = self.backoff;
                     // A follow stream ends when the container does; the watch will say so.
@@ -266,8 +271,16 @@ impl Follow {
             }
         };
         let mut lines = reader.lines();
+        let mut ended = self.ended.clone();
         loop {
-            match lines.try_next().await {
+            // Cancelling `try_next` loses nothing: the stream keeps what it has buffered, and
+            // the rest is read again from the cursor.
+            let next = tokio::select! {
+                biased;
+                next = lines.try_next() => next,
+                _ = ended.wait_for(|e| *e), if follow => return Read::Ended,
+            };
+            match next {
                 Ok(Some(line)) => {
                     let Some((at, text)) = split(&line) else {
                         continue;

@@ -269,6 +269,69 @@ async fn a_job_becomes_one_pod_and_its_steps_follow_the_container_statuses() {
     assert_eq!(h.backend.running(), 0);
 }
 
+/// Found on the real node: a kubelet ends a follow stream only when it next checks the container,
+/// about a second after it ended, so each step's end was reported that much late (on kwok, whose
+/// streams never end, only after `log_drain`). Now the container's end (from the watch) stops the
+/// follow, and the rest is read without `follow` from the last line's time: nothing lost or
+/// repeated, and no wait for the stream. Here the stream never ends and `log_drain` is a minute:
+/// the job must still finish within `until_finished`'s 10 s.
+#[tokio::test]
+async fn a_step_ends_when_its_container_does_not_when_its_log_stream_closes() {
+    let fake = FakeApi::default();
+    let mut cfg = config();
+    cfg.timings.log_drain = Duration::from_secs(60);
+    let backend = KubeBackend::new(fake.client(), cfg, None);
+    let job = job(&["only"]);
+    let pod = names::pod_name(job.job_id, job.attempt);
+    let c = names::step_container(0);
+    fake.linger(&pod, &c);
+    fake.script_log(
+        &pod,
+        &c,
+        LogReply {
+            lines: vec!["2026-01-01T00:00:01.100Z one".into()],
+            hold: true,
+        },
+    );
+    // Read again after the end: the whole log, with a line the follow stream had not carried.
+    fake.script_log(
+        &pod,
+        &c,
+        LogReply {
+            lines: vec![
+                "2026-01-01T00:00:01.100Z one".into(),
+                "2026-01-01T00:00:01.300Z two".into(),
+            ],
+            hold: false,
+        },
+    );
+    let (tx, mut rx) = mpsc::channel(64);
+    backend.start(job, tx).await.unwrap();
+    fake.update(&pod, |s| {
+        fake::set(s, fake::terminated("clone", 0, None, None), false)
+    });
+    fake.update(&pod, |s| fake::set(s, fake::running(&c), true));
+    wait_for(|| (!fake.log_queries().is_empty()).then_some(())).await;
+    fake.update(&pod, |s| {
+        fake::set(s, fake::terminated(&c, 0, None, None), true);
+        s.phase = Some("Succeeded".into());
+    });
+    let events = until_finished(&mut rx).await;
+    assert_eq!(
+        shape(&events)[2..],
+        [
+            "log 0 #1 one",
+            "log 0 #2 two",
+            "step 0 success exit 0",
+            "finished success"
+        ]
+    );
+    let queries = fake.log_queries();
+    assert_eq!(queries.len(), 2, "{queries:?}");
+    assert!(queries[0].contains("follow=true"), "{}", queries[0]);
+    assert!(!queries[1].contains("follow=true"), "{}", queries[1]);
+}
+
 #[tokio::test]
 async fn a_broken_log_stream_resumes_from_the_last_timestamp_without_duplicates() {
     let h = harness(false);

@@ -54,6 +54,8 @@ struct State {
     event_queries: Vec<String>,
     logs: HashMap<String, VecDeque<LogReply>>,
     held_logs: HashMap<String, Vec<mpsc::UnboundedSender<Chunk>>>,
+    /// Containers (`pod/container`) whose held log streams stay open after they terminated.
+    lingering: std::collections::HashSet<String>,
     faults: HashMap<String, VecDeque<Fault>>,
     counts: BTreeMap<String, u32>,
     log_queries: Vec<String>,
@@ -129,6 +131,16 @@ impl FakeApi {
     pub fn fault(&self, verb: &str, fault: Fault) {
         let mut s = self.state.lock().unwrap();
         s.faults.entry(verb.into()).or_default().push_back(fault);
+    }
+
+    /// The container's held log streams stay open after it terminated, as a kubelet's follow
+    /// stream does until it next checks the container (about a second), and kwok's forever.
+    pub fn linger(&self, pod: &str, container: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .lingering
+            .insert(format!("{pod}/{container}"));
     }
 
     pub fn script_log(&self, pod: &str, container: &str, reply: LogReply) {
@@ -211,8 +223,11 @@ impl FakeApi {
             .flatten()
             .chain(status.container_statuses.iter().flatten())
         {
-            if c.state.as_ref().is_some_and(|st| st.terminated.is_some()) {
-                s.held_logs.remove(&format!("{name}/{}", c.name));
+            let key = format!("{name}/{}", c.name);
+            if c.state.as_ref().is_some_and(|st| st.terminated.is_some())
+                && !s.lingering.contains(&key)
+            {
+                s.held_logs.remove(&key);
             }
         }
         Self::broadcast(&mut s, "MODIFIED", &pod);
