@@ -201,6 +201,40 @@ cancel_grace = 2
     Gantry::start(data, &github.url, &all)
 }
 
+/// What `push_one` set up: the fake GitHub serving the repository, `gantry serve` with its data
+/// directory, and the run of the push.
+struct Pushed {
+    github: FakeGithub,
+    data: tempfile::TempDir,
+    gantry: Gantry,
+    run_id: String,
+}
+
+/// A private repository whose pipeline runs `steps` in the test image, a fake GitHub serving
+/// it, `gantry serve` on the real node (with `env`), and a signed push of its commit.
+async fn push_one(node: &Node, ns: &str, steps: &[&str], env: &[(&str, &str)]) -> Pushed {
+    let (url, name, bare, shas) = private_repo(node, &[pipeline(&node.image, steps)]);
+    let github =
+        FakeGithub::start_with_repos(HashMap::from([(format!("acme/{name}"), bare)])).await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = serve(node, ns, data.path(), &github, &node.token, env);
+    let delivery = format!("d-{name}");
+    let (code, _) = send_push(
+        &gantry,
+        &delivery,
+        &push_payload(&name, &url, ZERO, &shas[0], &[]),
+    )
+    .await;
+    assert_eq!(code, 202);
+    let run_id = runs_of_delivery(&gantry, &delivery).await.remove(0);
+    Pushed {
+        github,
+        data,
+        gantry,
+        run_id,
+    }
+}
+
 async fn final_run(gantry: &Gantry, id: &str) -> Value {
     eventually(Duration::from_secs(120), "the run to finish", || async {
         let run = run_of(gantry, id).await;
@@ -352,30 +386,21 @@ async fn serve_on_the_real_node_cancel_deletes_the_pod_and_ends_the_step_process
     let node = node();
     let ns = namespace(&node, "cancel");
     let marker = unique_sleep();
-    let (url, name, bare, shas) = private_repo(
+    // (`pushed` keeps the data directory and the fake GitHub alive.)
+    let pushed = push_one(
         &node,
-        &[pipeline(
-            &node.image,
-            &[&format!("echo started; exec sleep {marker}")],
-        )],
-    );
-    let github =
-        FakeGithub::start_with_repos(HashMap::from([(format!("acme/{name}"), bare)])).await;
-    let data = tempfile::tempdir().unwrap();
-    let gantry = serve(&node, &ns, data.path(), &github, &node.token, &[]);
-    send_push(
-        &gantry,
-        "d-cancel",
-        &push_payload(&name, &url, ZERO, &shas[0], &[]),
+        &ns,
+        &[&format!("echo started; exec sleep {marker}")],
+        &[],
     )
     .await;
-    let run_id = runs_of_delivery(&gantry, "d-cancel").await.remove(0);
+    let (gantry, run_id) = (&pushed.gantry, &pushed.run_id);
     eventually(Duration::from_secs(60), "the step to print", || async {
-        let run = run_of(&gantry, &run_id).await;
+        let run = run_of(gantry, run_id).await;
         if run["jobs"][0]["steps"][0]["status"] != "running" {
             return None;
         }
-        (step_lines(&gantry, &run["jobs"][0], 0).await == ["started"]).then_some(())
+        (step_lines(gantry, &run["jobs"][0], 0).await == ["started"]).then_some(())
     })
     .await;
     assert_eq!(processes_with(&format!("sleep {marker}")), 1);
@@ -386,7 +411,7 @@ async fn serve_on_the_real_node_cancel_deletes_the_pod_and_ends_the_step_process
         .await
         .unwrap();
     assert_eq!(cancelled.status().as_u16(), 200);
-    let run = final_run(&gantry, &run_id).await;
+    let run = final_run(gantry, run_id).await;
     assert_eq!(run["status"], "cancelled", "{run:#}");
     eventually(
         Duration::from_secs(30),
@@ -404,27 +429,21 @@ async fn serve_on_the_real_node_cancel_deletes_the_pod_and_ends_the_step_process
 async fn serve_on_the_real_node_a_restart_mid_step_loses_and_repeats_no_line() {
     let node = node();
     let ns = namespace(&node, "restart");
-    let (url, name, bare, shas) = private_repo(
+    let Pushed {
+        github,
+        data,
+        gantry,
+        run_id,
+    } = push_one(
         &node,
-        &[pipeline(
-            &node.image,
-            &[
-                "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.5; done",
-                "echo after the restart",
-            ],
-        )],
-    );
-    let github =
-        FakeGithub::start_with_repos(HashMap::from([(format!("acme/{name}"), bare)])).await;
-    let data = tempfile::tempdir().unwrap();
-    let gantry = serve(&node, &ns, data.path(), &github, &node.token, &[]);
-    send_push(
-        &gantry,
-        "d-restart",
-        &push_payload(&name, &url, ZERO, &shas[0], &[]),
+        &ns,
+        &[
+            "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.5; done",
+            "echo after the restart",
+        ],
+        &[],
     )
     .await;
-    let run_id = runs_of_delivery(&gantry, "d-restart").await.remove(0);
     eventually(
         Duration::from_secs(60),
         "the step's second line",
@@ -451,32 +470,16 @@ async fn serve_on_the_real_node_a_job_without_a_timeout_gets_the_operators_defau
     let node = node();
     let ns = namespace(&node, "deadline");
     let marker = unique_sleep();
-    let (url, name, bare, shas) = private_repo(
-        &node,
-        &[pipeline(
-            &node.image,
-            &[&format!("echo started; exec sleep {marker}")],
-        )],
-    );
-    let github =
-        FakeGithub::start_with_repos(HashMap::from([(format!("acme/{name}"), bare)])).await;
-    let data = tempfile::tempdir().unwrap();
-    let gantry = serve(
+    // (`pushed` keeps the data directory and the fake GitHub alive.)
+    let pushed = push_one(
         &node,
         &ns,
-        data.path(),
-        &github,
-        &node.token,
+        &[&format!("echo started; exec sleep {marker}")],
         &[("GANTRY_DEFAULT_JOB_TIMEOUT", "6s")],
-    );
-    send_push(
-        &gantry,
-        "d-deadline",
-        &push_payload(&name, &url, ZERO, &shas[0], &[]),
     )
     .await;
-    let run_id = runs_of_delivery(&gantry, "d-deadline").await.remove(0);
-    let run = final_run(&gantry, &run_id).await;
+    let (gantry, run_id) = (&pushed.gantry, &pushed.run_id);
+    let run = final_run(gantry, run_id).await;
     assert_ne!(run["status"], "success", "{run:#}");
     let pod = kubectl(
         &node,
