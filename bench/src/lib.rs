@@ -117,6 +117,57 @@ pub struct QueueResult {
     pub list_page_ms: f64,
 }
 
+/// Issue 19, item 5: `gantry serve` on the test cluster's real node against the same Pods
+/// created directly with kube-rs, in the same run, alternated sample by sample.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RealNodeResult {
+    pub measured: String,
+    /// Cores, CPU model, load average at the start.
+    pub machine: String,
+    /// kubelet and containerd versions of the real node.
+    pub node: String,
+    /// Samples per side asked for (one-step jobs, five-step jobs) and the time limit.
+    pub runs: usize,
+    pub step_runs: usize,
+    pub limit_s: u64,
+    /// Webhook sent → the step container's task started (containerd's `/tasks/start`).
+    pub gantry_start: Latency,
+    /// Pod create sent → the same.
+    pub reference_start: Latency,
+    /// Where Gantry's time goes (medians): webhook sent → pod first seen by the bench's watch,
+    /// and the pod first seen → step started; the same for the reference (create sent → seen).
+    pub gantry_to_pod_p50_ms: f64,
+    pub gantry_pod_to_step_p50_ms: f64,
+    pub reference_to_pod_p50_ms: f64,
+    pub reference_pod_to_step_p50_ms: f64,
+    /// What Gantry records: the delivery's `received_at` → the step's `started_at` (API).
+    pub gantry_recorded_start: Latency,
+    /// Step gaps of the five-step job: one row per transition ("clone → step-0", …), from a
+    /// container's exit to the next one's task start, both from containerd's events.
+    pub gaps: Vec<GapRow>,
+    /// What Gantry records between steps: step i `finished_at` → step i+1 `started_at` (API).
+    pub gantry_recorded_gap: Latency,
+    /// The same from the pod status (`finishedAt` → `startedAt`, whole seconds), both sides.
+    pub gantry_status_gap: Latency,
+    pub reference_status_gap: Latency,
+    /// Samples lost (a pod that did not start or finish in time, an event not seen).
+    pub missing: usize,
+    /// The time limit stopped the sampling early.
+    pub stopped_early: bool,
+}
+
+/// One transition between consecutive containers of the five-step job, both sides.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GapRow {
+    pub from: String,
+    pub to: String,
+    pub gantry: Latency,
+    pub reference: Latency,
+    /// Means (the percentiles of a few samples hide small shifts).
+    pub gantry_mean_ms: f64,
+    pub reference_mean_ms: f64,
+}
+
 /// Reads a result file; `None` when the part did not run.
 pub fn read<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> anyhow::Result<Option<T>> {
     let path = dir.join(format!("{name}.json"));
