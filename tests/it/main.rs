@@ -4,6 +4,7 @@ mod chart;
 mod cli_lint;
 mod cli_run;
 mod examples;
+mod node;
 mod real_node;
 mod real_node_examples;
 mod replicas;

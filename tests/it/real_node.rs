@@ -10,128 +10,36 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::node::{bare_repo, git, kubectl, namespace, var};
 use crate::serve::{run_of, runs_of_delivery};
 use crate::server::{FakeGithub, Gantry, client, eventually, get_json, push_payload, send_push};
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 const API_TOKEN: &str = "it-api-token";
 
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: this test needs the test cluster's real node, which \
-             tests/cluster/up starts (unless GANTRY_CLUSTER_REAL_NODE=0). Run it through \
-             `./dev test` (see docs/testing.md)"
-        )
-    })
-}
-
-/// The real node's image, git server and the cluster's admin kubeconfig.
+/// What these tests need of the real node: its image, and the git server's password (accepted
+/// under `x-access-token`, as GitHub takes a token).
 struct Node {
     image: String,
-    git_root: PathBuf,
-    git_url: String,
-    /// Accepted by the git server under `x-access-token`, as GitHub takes a token.
     token: String,
-    ca: String,
-    kubeconfig: String,
 }
 
 fn node() -> Node {
     Node {
         image: var("GANTRY_TEST_IMAGE"),
-        git_root: var("GANTRY_TEST_GIT_ROOT").into(),
-        git_url: var("GANTRY_TEST_GIT_URL"),
         token: var("GANTRY_TEST_GIT_PASSWORD"),
-        ca: var("GANTRY_TEST_GIT_CA"),
-        kubeconfig: format!("{}/admin.kubeconfig", var("GANTRY_TEST_CLUSTER_DIR")),
     }
-}
-
-fn kubectl(node: &Node, args: &[&str]) -> String {
-    let bin = PathBuf::from(var("GANTRY_TEST_CLUSTER_BIN")).join("kubectl");
-    let out = Command::new(bin)
-        .arg("--kubeconfig")
-        .arg(&node.kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A namespace of its own for one test, enforcing the Pod Security baseline.
-fn namespace(node: &Node, tag: &str) -> String {
-    let ns = format!("gt-e2e-{tag}-{}", std::process::id());
-    kubectl(node, &["create", "namespace", &ns]);
-    kubectl(
-        node,
-        &[
-            "label",
-            "namespace",
-            &ns,
-            "pod-security.kubernetes.io/enforce=baseline",
-        ],
-    );
-    eventually_sync(|| {
-        kubectl(node, &["-n", &ns, "get", "serviceaccounts", "-o", "name"])
-            .contains("serviceaccount/default")
-    });
-    ns
-}
-
-fn eventually_sync(mut f: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("condition not met in 60 s");
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Dev", "-c", "user.email=dev@example.com"])
-        .args([
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// A private repository `acme/NAME` on the node's git server with one commit per pipeline
-/// text; its clone URL, its bare directory and the commits.
-fn private_repo(node: &Node, pipelines: &[String]) -> (String, String, PathBuf, Vec<String>) {
+/// text; its clone URL, its name, its bare directory and the commits.
+fn private_repo(pipelines: &[String]) -> (String, String, PathBuf, Vec<String>) {
     let name = format!("app-{}", std::process::id() as u64 * 1000 + rand_suffix());
-    let bare = node.git_root.join(format!("{name}.git"));
-    std::fs::create_dir_all(&bare).unwrap();
-    git(&bare, &["init", "-q", "--bare"]);
-    git(
-        &bare,
-        &["config", "uploadpack.allowReachableSHA1InWant", "true"],
-    );
+    let (url, bare) = bare_repo(&name);
     let work = tempfile::tempdir().unwrap();
     git(work.path(), &["init", "-q"]);
     let mut shas = Vec::new();
@@ -146,7 +54,7 @@ fn private_repo(node: &Node, pipelines: &[String]) -> (String, String, PathBuf, 
         work.path(),
         &["push", "-q", bare.to_str().unwrap(), "HEAD:refs/heads/main"],
     );
-    (format!("{}/{name}.git", node.git_url), name, bare, shas)
+    (url, name, bare, shas)
 }
 
 fn rand_suffix() -> u64 {
@@ -166,12 +74,8 @@ fn serve(
     token: &str,
     env: &[(&str, &str)],
 ) -> Gantry {
-    let config = data.join("gantry.toml");
-    std::fs::create_dir_all(data).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            r#"backend = "kubernetes"
+    let config = format!(
+        r#"backend = "kubernetes"
 [kubernetes]
 namespace = "{ns}"
 node_selector = {{ "gantry.dev/real-node" = "true" }}
@@ -183,22 +87,9 @@ default_job = "{image}"
 stuck_grace = 20
 cancel_grace = 2
 "#,
-            image = node.image
-        ),
-    )
-    .unwrap();
-    let config = config.to_str().unwrap().to_owned();
-    let mut all = vec![
-        ("GANTRY_BACKEND", "kubernetes"),
-        ("GANTRY_CONFIG", config.as_str()),
-        ("KUBECONFIG", node.kubeconfig.as_str()),
-        ("GANTRY_GITHUB_TOKEN", token),
-        ("GANTRY_GITHUB_READ_FILES", "api"),
-        // Gantry's own git (ls-remote, compare) trusts the git server's CA.
-        ("GIT_SSL_CAINFO", node.ca.as_str()),
-    ];
-    all.extend_from_slice(env);
-    Gantry::start(data, &github.url, &all)
+        image = node.image
+    );
+    crate::node::serve(data, github, &config, token, env)
 }
 
 /// What `push_one` set up: the fake GitHub serving the repository, `gantry serve` with its data
@@ -213,7 +104,7 @@ struct Pushed {
 /// A private repository whose pipeline runs `steps` in the test image, a fake GitHub serving
 /// it, `gantry serve` on the real node (with `env`), and a signed push of its commit.
 async fn push_one(node: &Node, ns: &str, steps: &[&str], env: &[(&str, &str)]) -> Pushed {
-    let (url, name, bare, shas) = private_repo(node, &[pipeline(&node.image, steps)]);
+    let (url, name, bare, shas) = private_repo(&[pipeline(&node.image, steps)]);
     let github =
         FakeGithub::start_with_repos(HashMap::from([(format!("acme/{name}"), bare)])).await;
     let data = tempfile::tempdir().unwrap();
@@ -296,20 +187,17 @@ fn unique_sleep() -> String {
 async fn serve_on_the_real_node_clones_the_pushed_commit_of_a_private_repository_and_runs_its_steps()
  {
     let node = node();
-    let ns = namespace(&node, "clone");
+    let ns = namespace("e2e-clone", "baseline");
     // Two commits; the push is of the first, which is no longer the branch's tip.
     let steps = [
         "cat marker.txt; git rev-parse HEAD",
         "echo failing now; exit 3",
         "echo never printed",
     ];
-    let (url, name, bare, shas) = private_repo(
-        &node,
-        &[
-            pipeline(&node.image, &steps),
-            pipeline(&node.image, &["echo tip"]),
-        ],
-    );
+    let (url, name, bare, shas) = private_repo(&[
+        pipeline(&node.image, &steps),
+        pipeline(&node.image, &["echo tip"]),
+    ]);
     let github =
         FakeGithub::start_with_repos(HashMap::from([(format!("acme/{name}"), bare)])).await;
     let data = tempfile::tempdir().unwrap();
@@ -351,7 +239,7 @@ async fn serve_on_the_real_node_clones_the_pushed_commit_of_a_private_repository
     let statuses = github.statuses();
     assert!(statuses.iter().all(|s| s.sha == shas[0]), "{statuses:?}");
     // The token went to the pod in a Secret owned by the Pod, never into the Pod spec.
-    let pods = kubectl(&node, &["-n", &ns, "get", "pods", "-o", "yaml"]);
+    let pods = kubectl(&["-n", &ns, "get", "pods", "-o", "yaml"]);
     assert!(pods.contains("secretKeyRef"), "{pods}");
     assert!(!pods.contains(&node.token), "the token is in a Pod spec");
     drop(gantry);
@@ -384,7 +272,7 @@ async fn serve_on_the_real_node_clones_the_pushed_commit_of_a_private_repository
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_the_real_node_cancel_deletes_the_pod_and_ends_the_step_process() {
     let node = node();
-    let ns = namespace(&node, "cancel");
+    let ns = namespace("e2e-cancel", "baseline");
     let marker = unique_sleep();
     // (`pushed` keeps the data directory and the fake GitHub alive.)
     let pushed = push_one(
@@ -417,7 +305,7 @@ async fn serve_on_the_real_node_cancel_deletes_the_pod_and_ends_the_step_process
         Duration::from_secs(30),
         "the pod and its process to be gone",
         || async {
-            let pods = kubectl(&node, &["-n", &ns, "get", "pods", "-o", "name"]);
+            let pods = kubectl(&["-n", &ns, "get", "pods", "-o", "name"]);
             (pods.trim().is_empty() && processes_with(&format!("sleep {marker}")) == 0)
                 .then_some(())
         },
@@ -428,7 +316,7 @@ async fn serve_on_the_real_node_cancel_deletes_the_pod_and_ends_the_step_process
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_the_real_node_a_restart_mid_step_loses_and_repeats_no_line() {
     let node = node();
-    let ns = namespace(&node, "restart");
+    let ns = namespace("e2e-restart", "baseline");
     let Pushed {
         github,
         data,
@@ -468,7 +356,7 @@ async fn serve_on_the_real_node_a_restart_mid_step_loses_and_repeats_no_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_the_real_node_a_job_without_a_timeout_gets_the_operators_default() {
     let node = node();
-    let ns = namespace(&node, "deadline");
+    let ns = namespace("e2e-deadline", "baseline");
     let marker = unique_sleep();
     // (`pushed` keeps the data directory and the fake GitHub alive.)
     let pushed = push_one(
@@ -481,17 +369,14 @@ async fn serve_on_the_real_node_a_job_without_a_timeout_gets_the_operators_defau
     let (gantry, run_id) = (&pushed.gantry, &pushed.run_id);
     let run = final_run(gantry, run_id).await;
     assert_ne!(run["status"], "success", "{run:#}");
-    let pod = kubectl(
-        &node,
-        &[
-            "-n",
-            &ns,
-            "get",
-            "pods",
-            "-o",
-            "jsonpath={.items[0].spec.activeDeadlineSeconds} {.items[0].status.reason}",
-        ],
-    );
+    let pod = kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-o",
+        "jsonpath={.items[0].spec.activeDeadlineSeconds} {.items[0].status.reason}",
+    ]);
     assert_eq!(pod.trim(), "6 DeadlineExceeded", "{run:#}");
     eventually(
         Duration::from_secs(30),

@@ -28,7 +28,7 @@
 //! fail and say what is missing.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -36,8 +36,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::examples::{example, make_executable, tiny_crate};
+use crate::node::{bare_repo, git, kubectl, serve, var};
 use crate::serve::{run_of, runs_of_delivery};
-use crate::server::{FakeGithub, Gantry, eventually, get_json, push_payload, send_push};
+use crate::server::{FakeGithub, eventually, get_json, push_payload, send_push};
 use crate::support::Repo;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
@@ -56,36 +57,6 @@ const MIRRORED: &[(&str, &str)] = &[
     ("GANTRY_TEST_IMAGE", "library/alpine:3.22"),
     ("GANTRY_TEST_IMAGE", "alpine/git:2.49.1"),
 ];
-
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: this test needs the test cluster's real node, which \
-             tests/cluster/up starts (unless GANTRY_CLUSTER_REAL_NODE=0). Run it through \
-             `./dev test` (see docs/testing.md)"
-        )
-    })
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let bin = PathBuf::from(var("GANTRY_TEST_CLUSTER_BIN")).join("kubectl");
-    let out = Command::new(bin)
-        .arg("--kubeconfig")
-        .arg(kubeconfig())
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn kubeconfig() -> String {
-    format!("{}/admin.kubeconfig", var("GANTRY_TEST_CLUSTER_DIR"))
-}
 
 /// The mirror's prefix, `REGISTRY/mirror/`, once every name of `MIRRORED` is in it.
 fn mirror() -> &'static str {
@@ -129,15 +100,7 @@ fn mirror() -> &'static str {
 
 /// A namespace of its own enforcing the Pod Security `level`, with the mirror's pull Secret.
 fn namespace(tag: &str, level: &str) -> String {
-    let ns = format!("gt-ex-{tag}-{}", std::process::id());
-    kubectl(&["create", "namespace", &ns]);
-    kubectl(&[
-        "label",
-        "namespace",
-        &ns,
-        &format!("pod-security.kubernetes.io/enforce={level}"),
-        "pod-security.kubernetes.io/enforce-version=latest",
-    ]);
+    let ns = crate::node::namespace(&format!("ex-{tag}"), level);
     kubectl(&[
         "-n",
         &ns,
@@ -149,50 +112,19 @@ fn namespace(tag: &str, level: &str) -> String {
         &format!("--docker-username={}", var("GANTRY_TEST_REGISTRY_USER")),
         &format!("--docker-password={}", var("GANTRY_TEST_REGISTRY_PASSWORD")),
     ]);
-    for _ in 0..300 {
-        if kubectl(&["-n", &ns, "get", "serviceaccounts", "-o", "name"])
-            .contains("serviceaccount/default")
-        {
-            return ns;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("no default ServiceAccount in {ns} after 60 s");
+    ns
 }
 
 /// `repo`'s commit pushed to a private repository `acme/NAME` on the node's git server: its
 /// name, clone URL and bare directory.
 fn publish(repo: &Repo, tag: &str) -> (String, String, PathBuf) {
     let name = format!("ex-{tag}-{}", std::process::id());
-    let bare = PathBuf::from(var("GANTRY_TEST_GIT_ROOT")).join(format!("{name}.git"));
-    std::fs::create_dir_all(&bare).unwrap();
-    let git = |dir: &Path, args: &[&str]| {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .expect("git");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    git(&bare, &["init", "-q", "--bare"]);
-    git(
-        &bare,
-        &["config", "uploadpack.allowReachableSHA1InWant", "true"],
-    );
+    let (url, bare) = bare_repo(&name);
     git(
         repo.path(),
         &["push", "-q", bare.to_str().unwrap(), "HEAD:refs/heads/main"],
     );
-    (
-        name.clone(),
-        format!("{}/{name}.git", var("GANTRY_TEST_GIT_URL")),
-        bare,
-    )
+    (name, url, bare)
 }
 
 /// The Gantry configuration an air-gapped cluster with a dedicated CI node would have.
@@ -306,22 +238,12 @@ async fn run_example(repo: &Repo, tag: &str, level: &str, paths: &[&str]) -> Fin
     let github =
         FakeGithub::start_with_repos(HashMap::from([(format!("acme/{name}"), bare)])).await;
     let data = tempfile::tempdir().unwrap();
-    let config_file = data.path().join("gantry.toml");
-    std::fs::write(&config_file, config(&ns, level)).unwrap();
-    let token = var("GANTRY_TEST_GIT_PASSWORD");
-    let ca = var("GANTRY_TEST_GIT_CA");
-    let kubeconfig = kubeconfig();
-    let gantry = Gantry::start(
+    let gantry = serve(
         data.path(),
-        &github.url,
-        &[
-            ("GANTRY_BACKEND", "kubernetes"),
-            ("GANTRY_CONFIG", config_file.to_str().unwrap()),
-            ("KUBECONFIG", &kubeconfig),
-            ("GANTRY_GITHUB_TOKEN", &token),
-            ("GANTRY_GITHUB_READ_FILES", "api"),
-            ("GIT_SSL_CAINFO", &ca),
-        ],
+        &github,
+        &config(&ns, level),
+        &var("GANTRY_TEST_GIT_PASSWORD"),
+        &[],
     );
     let delivery = format!("d-{tag}");
     let (code, answer) = send_push(
