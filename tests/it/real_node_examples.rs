@@ -16,13 +16,9 @@
 //! Trivy and (the gitops ones) a configuration repository and the gitops helper image; none of
 //! those images is built here yet (another issue).
 //!
-//! `postgres-service.yaml` runs only under `baseline`: the postgres image, like the official
-//! one, expects to run as root (it then drops to `postgres`) or as the owner of its data
-//! directory; as `restricted`'s uid 1000 `initdb` cannot take over the image's
-//! `/var/lib/postgresql/data`, owned by `postgres` (not run here; the official image documents
-//! a fresh `PGDATA` subdirectory for arbitrary users, which the example does not set).
-//! `matrix.yaml` runs only under `baseline` (under `restricted` it would show nothing
-//! `rust-test.yaml` does not, at four times the cost).
+//! `postgres-service.yaml` runs under `restricted` too: its service keeps its data in a
+//! `PGDATA` directory of its own, as the official image documents for a user other than root
+//! (the image's own data directory belongs to `postgres`, and `initdb` must own its directory).
 //!
 //! Needs the test cluster with its real node (`./dev test` starts it); without it the tests
 //! fail and say what is missing.
@@ -354,11 +350,20 @@ async fn rust_example_on_the_real_node_formats_lints_and_tests_the_crate_under_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn matrix_example_on_the_real_node_tests_every_combination_then_reports() {
+async fn matrix_example_on_the_real_node_tests_every_combination_then_reports_under_baseline() {
+    matrix_example("baseline").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_example_on_the_real_node_tests_every_combination_then_reports_under_restricted() {
+    matrix_example("restricted").await;
+}
+
+async fn matrix_example(level: &str) {
     let repo = rust_repo();
     repo.write(".gantry.yaml", &example("matrix.yaml"))
         .commit("crate");
-    let done = run_example(&repo, "matrix", "baseline", &["src/lib.rs"]).await;
+    let done = run_example(&repo, &format!("matrix-{level}"), level, &["src/lib.rs"]).await;
     assert_eq!(done.run["status"], "success", "{:#}", done.run);
     let tests: Vec<&String> = done
         .jobs
@@ -474,15 +479,24 @@ fn postgres_asks_the_database_url_user_for_a_scram_password() {
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_example_on_the_real_node_tests_against_the_service() {
+async fn postgres_example_on_the_real_node_tests_against_the_service_under_baseline() {
+    postgres_example("baseline").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_example_on_the_real_node_tests_against_the_service_under_restricted() {
+    postgres_example("restricted").await;
+}
+
+async fn postgres_example(level: &str) {
     let repo = rust_repo();
     repo.write("tests/integration.rs", INTEGRATION_TEST);
     repo.write(".gantry.yaml", &example("postgres-service.yaml"))
         .commit("integration test");
     let done = run_example(
         &repo,
-        "postgres",
-        "baseline",
+        &format!("postgres-{level}"),
+        level,
         &["src/lib.rs", "tests/integration.rs"],
     )
     .await;
