@@ -273,33 +273,33 @@ fn realnode(r: &RealNodeResult) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Measured {} on {}; the test cluster's real node (`tests/cluster/node`: {}, runc; the \\
-         Debian test image already on the node, no pull). Both sides in the same run, sample by \\
-         sample alternated (Gantry first on even samples, the reference first on odd ones), one \\
-         pod at a time, each pod deleted before the next sample; one warm-up sample per side \\
+        "Measured {} on {}; the test cluster's real node (`tests/cluster/node`: {}, runc; the \
+         Debian test image already on the node, no pull). Both sides in the same run, sample by \
+         sample alternated (Gantry first on even samples, the reference first on odd ones), one \
+         pod at a time, each pod deleted before the next sample; one warm-up sample per side \
          and scenario is not counted.\n",
         r.measured, r.machine, r.node
     );
     let _ = writeln!(
         md,
-        "**Gantry:** the release `gantry serve` on the Kubernetes backend (SQLite; every pod \\
-         on the real node through `[kubernetes]` `node_selector` and `tolerations`), a signed \\
-         push webhook per sample for a new commit of a private repository on the node's git \\
-         server, the pipeline read through a fake GitHub's contents API at that commit, the \\
-         clone with the forge token from the per-job Secret. **Reference:** the Pod \\
-         `gantry render` makes for the same job (`gantry_kube::render`: the same `clone` init \\
-         container cloning the same commit with the same credentials, the same image, the same \\
-         steps), created with kube-rs, then its clone Secret as Gantry creates it. **Clock:** \\
-         both ends come from containerd itself: `ctr events` on the node's containerd, a \\
-         container's `/tasks/start` (the task started) and `/tasks/exit` (`exited_at`), in \\
-         nanoseconds; a Pod status' `startedAt`/`finishedAt` has whole seconds only (shown \\
-         below for comparison). Start of the measure: the moment the webhook is sent (Gantry), \\
+        "**Gantry:** the release `gantry serve` on the Kubernetes backend (SQLite; every pod \
+         on the real node through `[kubernetes]` `node_selector` and `tolerations`), a signed \
+         push webhook per sample for a new commit of a private repository on the node's git \
+         server, the pipeline read through a fake GitHub's contents API at that commit, the \
+         clone with the forge token from the per-job Secret. **Reference:** the Pod \
+         `gantry render` makes for the same job (`gantry_kube::render`: the same `clone` init \
+         container cloning the same commit with the same credentials, the same image, the same \
+         steps), created with kube-rs, then its clone Secret as Gantry creates it. **Clock:** \
+         both ends come from containerd itself: `ctr events` on the node's containerd, a \
+         container's `/tasks/start` (the task started) and `/tasks/exit` (`exited_at`), in \
+         nanoseconds; a Pod status' `startedAt`/`finishedAt` has whole seconds only (shown \
+         below for comparison). Start of the measure: the moment the webhook is sent (Gantry), \
          the moment the create is sent (reference).\n"
     );
     let (g, rf) = (&r.gantry_start, &r.reference_start);
     let _ = writeln!(
         md,
-        "### Push webhook → first step running (a one-step job, `true`)\n\n\\
+        "### Push webhook → first step running (a one-step job, `true`)\n\n\
          | figure | p50 | p99 | samples |\n|---|---:|---:|---:|"
     );
     latency_row(&mut md, "Gantry: webhook sent → step container started", g);
@@ -323,8 +323,8 @@ fn realnode(r: &RealNodeResult) -> String {
     );
     let _ = writeln!(
         md,
-        "\nWhere the time goes (medians): Gantry's webhook → its pod first seen by the bench's \\
-         own watch {} (intake, the contents API read, planning, queueing, the pod create), then \\
+        "\nWhere the time goes (medians): Gantry's webhook → its pod first seen by the bench's \
+         own watch {} (intake, the contents API read, planning, queueing, the pod create), then \
          {} to the step's start on the node; the reference's create → pod seen {}, then {}.\n",
         ms(r.gantry_to_pod_p50_ms),
         ms(r.gantry_pod_to_step_p50_ms),
@@ -333,10 +333,10 @@ fn realnode(r: &RealNodeResult) -> String {
     );
     let _ = writeln!(
         md,
-        "### Gaps between consecutive containers (a five-step job, five steps of `true`)\n\n\\
-         From a container's exit to the next one's task start. `step-0` … `step-3` are init \\
-         containers, `step-4` (the last step) the pod's main container, as Gantry renders a job.\n\n\\
-         | transition | Gantry p50 | reference p50 | Gantry p99 | reference p99 | Gantry mean | reference mean | samples |\n\\
+        "### Gaps between consecutive containers (a five-step job, five steps of `true`)\n\n\
+         From a container's exit to the next one's task start. `step-0` … `step-3` are init \
+         containers, `step-4` (the last step) the pod's main container, as Gantry renders a job.\n\n\
+         | transition | Gantry p50 | reference p50 | Gantry p99 | reference p99 | Gantry mean | reference mean | samples |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in &r.gaps {
@@ -357,9 +357,9 @@ fn realnode(r: &RealNodeResult) -> String {
     }
     let _ = writeln!(
         md,
-        "\nThe same step → step gaps from the Pod status (`finishedAt` → `startedAt`, whole \\
-         seconds): Gantry p50 {} / p99 {}, reference p50 {} / p99 {}. What Gantry records \\
-         between steps (the API's step `finished_at` → the next step's `started_at`, both when \\
+        "\nThe same step → step gaps from the Pod status (`finishedAt` → `startedAt`, whole \
+         seconds): Gantry p50 {} / p99 {}, reference p50 {} / p99 {}. What Gantry records \
+         between steps (the API's step `finished_at` → the next step's `started_at`, both when \
          Gantry's watch saw them): p50 {}, p99 {} over {} transitions.\n",
         ms(r.gantry_status_gap.p50_ms),
         ms(r.gantry_status_gap.p99_ms),
@@ -377,15 +377,12 @@ fn realnode(r: &RealNodeResult) -> String {
             .all(|row| gap_goal(row.gantry_mean_ms, row.reference_mean_ms));
     let _ = writeln!(
         md,
-        "**Anchors.** Tekton adds about 4 s per simple Task (TEP-0142) and about 12 s on a \\
-         20-step Task (tektoncd/pipeline#1570); Kubernetes' pod startup SLO is p99 ≤ 5 s. \\
-         **Goal:** Gantry adds at most 10 % (or 300 ms) over the raw Pod, and nothing between \\
-         steps (here: each step → step mean gap within 10 % or 50 ms of the reference's). \\
-         **Result:** first step: {} (Gantry adds {} at p50, {} at p99, over a reference of {} / \\
-         {}); between steps: {}. The gaps between containers are the kubelet's own: it starts \\
-         the next init container on its next pass over the pod, about a second after the last \\
-         one ended, for the directly created Pod as much as for Gantry's; Gantry adds no \\
-         container of its own and waits for nothing between steps.",
+        "**Anchors.** Tekton adds about 4 s per simple Task (TEP-0142) and about 12 s on a \
+         20-step Task (tektoncd/pipeline#1570); Kubernetes' pod startup SLO is p99 ≤ 5 s. \
+         **Goal:** Gantry adds at most 10 % (or 300 ms) over the raw Pod, and nothing between \
+         steps (here: each step → step mean gap within 10 % or 50 ms of the reference's). \
+         **Result:** first step: {} (Gantry adds {} at p50, {} at p99, over a reference of {} / \
+         {}); between steps: {}.",
         if start_ok {
             "meets the goal"
         } else {
@@ -396,7 +393,10 @@ fn realnode(r: &RealNodeResult) -> String {
         ms(rf.p50_ms),
         ms(rf.p99_ms),
         if gaps_ok {
-            "meets the goal (Gantry's pod has the same gaps as the Pod created directly)"
+            "meets the goal (Gantry's pod has the same gaps as the Pod created directly). The \
+             gaps are the kubelet's own: it starts the next container on a later pass over the \
+             pod, about a second after the last one ended, for the directly created Pod as much \
+             as for Gantry's; Gantry adds no container of its own between steps"
         } else {
             "does not meet the goal"
         }
@@ -404,7 +404,7 @@ fn realnode(r: &RealNodeResult) -> String {
     if r.missing > 0 || r.stopped_early || g.count < r.runs {
         let _ = writeln!(
             md,
-            "\n{} of {} one-step and {} of {} five-step samples per side measured{}; {} samples \\
+            "\n{} of {} one-step and {} of {} five-step samples per side measured{}; {} samples \
              lost (a pod that did not start or end in time, or an event not seen).",
             g.count.min(rf.count),
             r.runs,
