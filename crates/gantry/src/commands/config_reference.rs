@@ -261,6 +261,32 @@ to = \"registry.internal/ghcr/\"
 Images a step names for its own tools (a `gitops` step's `image:` value written into the config
 repository, Kaniko's `destination`) are not container images of the pod and are not rewritten.
 
+What the mirror must hold: every image the pipelines name, under its normalised name with the
+prefix replaced, and Gantry's own `images.*` that your pipelines use (`images.clone` for every
+job, `images.default_job` for jobs without an `image`, `images.kaniko`, `images.trivy`,
+`images.gitops` for those steps). For the examples in [pipelines/](../pipelines/) with the rule
+`docker.io/` → `registry.internal/hub/`:
+
+| pipeline names | the pod pulls |
+|---|---|
+| `rust:1.95` (also `1.94`, `nightly`) | `registry.internal/hub/library/rust:1.95` |
+| `golang:1.24` | `registry.internal/hub/library/golang:1.24` |
+| `postgres:16` (a service) | `registry.internal/hub/library/postgres:16` |
+| `debian:bookworm-slim` | `registry.internal/hub/library/debian:bookworm-slim` |
+| (no `image`: `images.default_job`) | `registry.internal/hub/library/alpine:3.22` |
+| (the clone: `images.clone`) | `registry.internal/hub/alpine/git:2.49.1` |
+
+Fill it from a machine that reaches both, tag by tag (`skopeo copy
+docker://docker.io/library/rust:1.95 docker://registry.internal/hub/library/rust:1.95`) or with
+`skopeo sync`. When the mirror needs a login, give it to every pod through `image_pull_secrets`:
+a `kubernetes.io/dockerconfigjson` Secret in the build namespace (`kubectl -n gantry-builds
+create secret docker-registry registry-internal-pull --docker-server=registry.internal
+--docker-username=… --docker-password=…`); the node's container runtime must trust the
+registry's certificate. The test suite does exactly this on its real node
+(`tests/it/real_node_examples.rs`): one rule, the test images copied into the node's registry
+(TLS, basic auth) under the mirrored names, a pull Secret, and every example that needs no
+internet run through `gantry serve`.
+
 ";
 
 const EXAMPLE: &str = "## Example
