@@ -583,9 +583,7 @@ impl Runner {
                     Vec::new()
                 }
             };
-            for action in actions {
-                self.act(action).await;
-            }
+            self.act_all(actions).await;
         }
         self.inner.created().remove(&self.pod);
         self.inner.jobs().remove(&self.pod);

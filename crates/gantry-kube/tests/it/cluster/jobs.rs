@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gantry_core::{Backend, JobEventKind, JobId, JobRequest, Resume, RunId, State, StepResume};
+use gantry_core::{Backend, JobEventKind, JobId, Resume, RunId, State, StepResume};
 use gantry_engine::{LogSink, Logs, Reattach};
 use gantry_kube::{
     CloneCredentials, JobRegistry, KubeBackend, PullRequestOrigin, RenderOptions, names, render,
@@ -18,7 +18,8 @@ use kube::api::PostParams;
 use tokio::sync::mpsc;
 
 use super::{
-    Cluster, Token, annotate, cluster, config, containers, eventually, play, until, until_finished,
+    Cluster, Token, annotate, cluster, config, containers, crash_after_line, eventually, play,
+    store, until, until_finished,
 };
 use crate::backend::{job, shape};
 
@@ -32,23 +33,6 @@ async fn backend(
     let backend = KubeBackend::new(c.admin().await, config(namespace, annotations), creds);
     assert!(backend.ready().await, "the pod watch listed the namespace");
     backend
-}
-
-/// Hands every event's log line to the real log store, as the engine does.
-async fn store(logs: &Logs, job: &JobRequest, events: &[JobEventKind]) {
-    logs.attempt_started(job).await;
-    for event in events {
-        match event {
-            JobEventKind::Log(line) => LogSink::append(logs, job.job_id, job.attempt, line)
-                .await
-                .unwrap(),
-            JobEventKind::StepFinished { step, .. } => {
-                logs.step_finished(job.job_id, job.attempt, *step).await;
-            }
-            JobEventKind::Finished { .. } => logs.attempt_finished(job.job_id, job.attempt).await,
-            _ => {}
-        }
-    }
 }
 
 #[tokio::test]
@@ -335,27 +319,10 @@ async fn a_job_survives_a_restart_of_gantry_losing_and_repeating_nothing() {
     // print, then the process "dies" (its runtime and every task in it are dropped) after
     // storing the step's first two lines, not the third.
     let first = {
-        let (c2, ns2, job2, annotations2) =
-            (cluster(), ns.clone(), job.clone(), annotations.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let backend = backend(&c2, &ns2, annotations2, false).await;
-                let (tx, mut rx) = mpsc::channel(256);
-                backend.start(job2, tx).await.unwrap();
-                until(
-                    &mut rx,
-                    "the step's second line",
-                    |e| matches!(e, JobEventKind::Log(l) if l.text == "two"),
-                )
-                .await
-            })
+        let (ns2, annotations2) = (ns.clone(), annotations.clone());
+        crash_after_line(job.clone(), "two", move || async move {
+            backend(&cluster(), &ns2, annotations2, false).await
         })
-        .join()
-        .unwrap()
     };
     assert_eq!(
         shape(&first),

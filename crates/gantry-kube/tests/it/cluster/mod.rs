@@ -21,8 +21,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gantry_core::{BackendError, JobEvent, JobEventKind, RepoRef};
-use gantry_kube::{CloneCredentials, GitCredentials, KubeConfig, Timings};
+use gantry_core::{Backend, BackendError, JobEvent, JobEventKind, JobRequest, RepoRef};
+use gantry_engine::{LogSink, Logs};
+use gantry_kube::{CloneCredentials, GitCredentials, KubeBackend, KubeConfig, Timings};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -281,4 +282,54 @@ pub fn containers(pod: &Pod) -> BTreeMap<String, String> {
             (c.name, state)
         })
         .collect()
+}
+
+/// Hands every event's log line to the real log store, as the engine does.
+pub async fn store(logs: &Logs, job: &JobRequest, events: &[JobEventKind]) {
+    logs.attempt_started(job).await;
+    for event in events {
+        match event {
+            JobEventKind::Log(line) => LogSink::append(logs, job.job_id, job.attempt, line)
+                .await
+                .unwrap(),
+            JobEventKind::StepFinished { step, .. } => {
+                logs.step_finished(job.job_id, job.attempt, *step).await;
+            }
+            JobEventKind::Finished { .. } => logs.attempt_finished(job.job_id, job.attempt).await,
+            _ => {}
+        }
+    }
+}
+
+/// A Gantry that dies mid-step: in a runtime of its own (on a thread of its own), the backend
+/// `backend` makes starts `job`; once step 0 has printed `line`, the runtime and every task in
+/// it are dropped, as in a crash. Returns the events it had seen.
+pub fn crash_after_line<F, Fut>(
+    job: JobRequest,
+    line: &'static str,
+    backend: F,
+) -> Vec<JobEventKind>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = KubeBackend>,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let backend = backend().await;
+            let (tx, mut rx) = mpsc::channel(256);
+            backend.start(job, tx).await.unwrap();
+            until(
+                &mut rx,
+                "the step's line before the crash",
+                |e| matches!(e, JobEventKind::Log(l) if l.text == line),
+            )
+            .await
+        })
+    })
+    .join()
+    .unwrap()
 }

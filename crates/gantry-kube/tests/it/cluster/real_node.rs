@@ -26,7 +26,10 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use tokio::sync::mpsc;
 
-use super::{Cluster, cluster, containers, eventually, timings, until, until_finished};
+use super::{
+    Cluster, cluster, containers, crash_after_line, eventually, store, timings, until,
+    until_finished,
+};
 use crate::backend::shape;
 
 /// What `tests/cluster/node/up` exported.
@@ -537,40 +540,17 @@ async fn real_node_a_job_survives_a_restart_of_gantry_losing_and_repeating_nothi
 
     // The first Gantry sees step 0 print two lines, then "dies" (its runtime is dropped).
     let first = {
-        let (ns2, job2) = (ns.clone(), job.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (c2, node2) = (cluster(), real_node());
-                let backend = backend(&c2, node_config(&ns2, &node2), &node2, true).await;
-                let (tx, mut rx) = mpsc::channel(256);
-                backend.start(job2, tx).await.unwrap();
-                until(
-                    &mut rx,
-                    "the step's second line",
-                    |e| matches!(e, JobEventKind::Log(l) if l.text == "two"),
-                )
-                .await
-            })
+        let ns2 = ns.clone();
+        crash_after_line(job.clone(), "two", move || async move {
+            let (c2, node2) = (cluster(), real_node());
+            backend(&c2, node_config(&ns2, &node2), &node2, true).await
         })
-        .join()
-        .unwrap()
     };
     assert_eq!(
         shape(&first),
         ["started", "step 0 started", "log 0 #1 one", "log 0 #2 two"]
     );
-    logs.attempt_started(&job).await;
-    for event in &first {
-        if let JobEventKind::Log(line) = event {
-            LogSink::append(&logs, job.job_id, job.attempt, line)
-                .await
-                .unwrap();
-        }
-    }
+    store(&logs, &job, &first).await;
 
     let resume = Resume {
         started: true,
