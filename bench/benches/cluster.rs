@@ -498,21 +498,6 @@ fn inotify_instances() -> Option<u64> {
         .ok()
 }
 
-/// Cores, CPU model and load, like scripts/bench's machine line.
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpu
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, m)| m.trim().to_owned())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load.split_whitespace().next().unwrap_or("?");
-    format!("{cores} cores, {model}, load average {load} at the start")
-}
-
 /// "kube-apiserver v1.36.3, kwok nodes: 3".
 async fn cluster(admin: &Client) -> String {
     let version = admin
@@ -592,7 +577,7 @@ async fn main() {
     );
     let namespace = env("GANTRY_TEST_KUBE_NAMESPACE");
     let admin = client(&env("GANTRY_TEST_KUBE_TOKEN")).await;
-    let machine = machine();
+    let machine = gantry_bench::machine();
     let cluster = cluster(&admin).await;
     let instances = inotify_instances();
     if let (Some(limit), Some(&max)) = (instances, sizes.iter().max())

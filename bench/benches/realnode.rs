@@ -724,8 +724,8 @@ impl Bench {
             spec: JobSpec {
                 name: s.job.clone(),
                 image: Some(self.image.clone()),
-                // Gantry gives a job without a timeout the default hour.
-                timeout: Some(Duration::from_secs(3600)),
+                // Gantry gives a job without a timeout the default.
+                timeout: Some(gantry_engine::DEFAULT_JOB_TIMEOUT),
                 steps: (0..s.steps)
                     .map(|k| StepSpec {
                         name: format!("step{k}"),
@@ -817,20 +817,6 @@ fn order(steps: usize) -> Vec<String> {
         .collect()
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpu
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, m)| m.trim().to_owned())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load.split_whitespace().next().unwrap_or("?").to_owned();
-    format!("{cores} cores, {model}, load average {load} at the start")
-}
-
 async fn node_versions(client: &Client, node: &str) -> String {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     match nodes.get(node).await {
@@ -870,7 +856,7 @@ async fn main() -> anyhow::Result<()> {
     let git_url = var("GANTRY_TEST_GIT_URL")?;
     let token = var("GANTRY_TEST_GIT_PASSWORD")?;
     let ca = var("GANTRY_TEST_GIT_CA")?;
-    let machine = machine();
+    let machine = gantry_bench::machine();
 
     let client = Client::try_default().await?;
     let node = node_versions(&client, &node_name).await;

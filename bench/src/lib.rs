@@ -168,6 +168,22 @@ pub struct GapRow {
     pub reference_mean_ms: f64,
 }
 
+/// Cores, CPU model and load, like scripts/bench's machine line (the benches that run outside
+/// criterion head their results with it).
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?");
+    format!("{cores} cores, {model}, load average {load} at the start")
+}
+
 /// Reads a result file; `None` when the part did not run.
 pub fn read<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> anyhow::Result<Option<T>> {
     let path = dir.join(format!("{name}.json"));
