@@ -71,14 +71,6 @@ impl JobTimeouts {
         Ok(Self { default, max })
     }
 
-    pub fn default_timeout(&self) -> Duration {
-        self.default
-    }
-
-    pub fn max(&self) -> Duration {
-        self.max
-    }
-
     /// Gives `spec` the default timeout when it has none; refuses a job or step timeout above
     /// the maximum.
     pub fn apply(&self, job: &str, spec: &mut JobSpec) -> Result<(), TimeoutTooLong> {
@@ -145,10 +137,9 @@ mod tests {
             t.apply("build", &mut at_max).is_ok(),
             "the maximum itself is allowed"
         );
-        assert_eq!(
-            JobTimeouts::default().default_timeout(),
-            DEFAULT_JOB_TIMEOUT
-        );
+        let mut unset = spec(None, None);
+        JobTimeouts::default().apply("build", &mut unset).unwrap();
+        assert_eq!(unset.timeout, Some(DEFAULT_JOB_TIMEOUT));
     }
 
     #[test]

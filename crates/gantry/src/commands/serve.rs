@@ -47,10 +47,10 @@ pub struct ServeArgs {
     #[arg(long, env = "GANTRY_MAX_RUNNING_PER_REPO")]
     pub max_running_per_repo: Option<usize>,
     /// The timeout of a job whose pipeline sets none (`90m`, `1h`, `1h30m`). Default: 1h.
-    #[arg(long, env = "GANTRY_DEFAULT_JOB_TIMEOUT", value_parser = parse_timeout)]
+    #[arg(long, env = "GANTRY_DEFAULT_JOB_TIMEOUT", value_parser = gantry_pipeline::parse_duration)]
     pub default_job_timeout: Option<std::time::Duration>,
     /// The most a job or step may ask for: a pipeline asking for more is refused. Default: 24h.
-    #[arg(long, env = "GANTRY_MAX_JOB_TIMEOUT", value_parser = parse_timeout)]
+    #[arg(long, env = "GANTRY_MAX_JOB_TIMEOUT", value_parser = gantry_pipeline::parse_duration)]
     pub max_job_timeout: Option<std::time::Duration>,
     /// Reads (the API and the web viewer) need the API token too. Default: public.
     #[arg(long, env = "GANTRY_PRIVATE_READS")]
@@ -652,11 +652,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A duration flag, in the pipeline's syntax.
-fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
-    gantry_pipeline::parse_duration(text)
 }
 
 /// The default and maximum job timeouts from flags, else the file, else the built-in ones.
