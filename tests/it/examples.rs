@@ -13,6 +13,19 @@ pub(crate) fn example(name: &str) -> String {
     std::fs::read_to_string(workspace().join("pipelines").join(name)).unwrap()
 }
 
+/// A Go module with one function and its test, for go-test.yaml.
+pub(crate) fn tiny_module(repo: &Repo) {
+    repo.write("go.mod", "module example.com/tiny\n\ngo 1.22\n");
+    repo.write(
+        "tiny.go",
+        "package tiny\n\n// Add adds.\nfunc Add(a, b int) int { return a + b }\n",
+    );
+    repo.write(
+        "tiny_test.go",
+        "package tiny\n\nimport \"testing\"\n\nfunc TestAdd(t *testing.T) {\n\tif Add(2, 2) != 4 {\n\t\tt.Fatal(\"bad sum\")\n\t}\n}\n",
+    );
+}
+
 pub(crate) fn tiny_crate(repo: &Repo) {
     repo.write(
         "Cargo.toml",
@@ -86,15 +99,7 @@ fn rust_example_fails_on_a_failing_test() {
 #[test]
 fn go_example_vets_and_tests_a_module() {
     let repo = Repo::new();
-    repo.write("go.mod", "module example.com/tiny\n\ngo 1.22\n");
-    repo.write(
-        "tiny.go",
-        "package tiny\n\n// Add adds.\nfunc Add(a, b int) int { return a + b }\n",
-    );
-    repo.write(
-        "tiny_test.go",
-        "package tiny\n\nimport \"testing\"\n\nfunc TestAdd(t *testing.T) {\n\tif Add(2, 2) != 4 {\n\t\tt.Fatal(\"bad sum\")\n\t}\n}\n",
-    );
+    tiny_module(&repo);
     repo.write(".gantry.yaml", &example("go-test.yaml"))
         .commit("module");
     let ran = run_pipeline(&repo, &[]);

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::examples::{example, make_executable, tiny_crate};
+use crate::examples::{example, make_executable, tiny_crate, tiny_module};
 use crate::node::{bare_repo, git, kubectl, serve, var};
 use crate::serve::{run_of, runs_of_delivery};
 use crate::server::{FakeGithub, eventually, get_json, push_payload, send_push};
@@ -409,15 +409,7 @@ async fn matrix_example(level: &str) {
 
 async fn go_example(level: &str) {
     let repo = Repo::new();
-    repo.write("go.mod", "module example.com/tiny\n\ngo 1.22\n");
-    repo.write(
-        "tiny.go",
-        "package tiny\n\n// Add adds.\nfunc Add(a, b int) int { return a + b }\n",
-    );
-    repo.write(
-        "tiny_test.go",
-        "package tiny\n\nimport \"testing\"\n\nfunc TestAdd(t *testing.T) {\n\tif Add(2, 2) != 4 {\n\t\tt.Fatal(\"bad sum\")\n\t}\n}\n",
-    );
+    tiny_module(&repo);
     repo.write(".gantry.yaml", &example("go-test.yaml"))
         .commit("module");
     let done = run_example(&repo, &format!("go-{level}"), level, &["tiny.go"]).await;
