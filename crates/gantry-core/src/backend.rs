@@ -117,6 +117,10 @@ pub struct StepOutcome {
     pub exit_code: Option<i32>,
     /// Why, when the exit code does not say it all ("timed out after 5m", "OOMKilled").
     pub reason: Option<String>,
+    /// What the step produced, in a line or a few, shown with the step: the digest a `kaniko`
+    /// step pushed, the findings of a `trivy` scan, the commit a `gitops` step pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 /// Something that happened to a job attempt.

@@ -172,6 +172,7 @@ async fn run_fake_job(
                 state: State::Skipped,
                 exit_code: None,
                 reason: None,
+                summary: None,
             };
             send(
                 events,
@@ -207,6 +208,7 @@ async fn run_fake_job(
                 state: State::Cancelled,
                 exit_code: None,
                 reason: Some("cancelled".into()),
+                summary: None,
             };
             send(
                 events,
@@ -224,18 +226,21 @@ async fn run_fake_job(
                 state: State::Failure,
                 exit_code: None,
                 reason: Some(format!("timed out after {limit:?}")),
+                summary: None,
             }
         } else if script.exit_code == 0 {
             StepOutcome {
                 state: State::Success,
                 exit_code: Some(0),
                 reason: None,
+                summary: None,
             }
         } else {
             StepOutcome {
                 state: State::Failure,
                 exit_code: Some(script.exit_code),
                 reason: None,
+                summary: None,
             }
         };
         if outcome.state == State::Failure && !step.allow_failure {

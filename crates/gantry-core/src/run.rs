@@ -49,6 +49,9 @@ pub struct Step {
     pub state: State,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
+    /// What the step produced (see [`crate::StepOutcome::summary`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
 }

@@ -159,6 +159,7 @@ impl Tracker {
                     state: step.state,
                     exit_code: step.exit_code,
                     reason: step.reason.clone(),
+                    summary: None,
                 };
                 tracker.record(i, &outcome);
             } else if step.state == State::Running {
@@ -293,6 +294,7 @@ impl Tracker {
                         state: State::Failure,
                         exit_code: None,
                         reason: Some(why.clone()),
+                        summary: None,
                     };
                 }
                 if t.exit_code == 0
@@ -437,11 +439,13 @@ impl Tracker {
                             state: State::Failure,
                             exit_code: None,
                             reason: Some(why.clone()),
+                            summary: None,
                         },
                         _ => StepOutcome {
                             state: over.as_ref().map_or(State::Error, |o| o.0),
                             exit_code: None,
                             reason: over.as_ref().map(|o| o.1.clone()),
+                            summary: None,
                         },
                     };
                     self.record(i, &outcome);
@@ -453,6 +457,7 @@ impl Tracker {
                         state: State::Skipped,
                         exit_code: None,
                         reason: None,
+                        summary: None,
                     },
                 )),
             }
@@ -481,6 +486,7 @@ fn cancelled() -> StepOutcome {
         state: State::Cancelled,
         exit_code: None,
         reason: Some("cancelled".into()),
+        summary: None,
     }
 }
 
@@ -502,6 +508,7 @@ fn outcome(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> StepOutc
                 state: State::Skipped,
                 exit_code: None,
                 reason: None,
+                summary: None,
             };
         }
         if let Some(code) = message
@@ -512,12 +519,14 @@ fn outcome(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> StepOutc
                 state: State::Failure,
                 exit_code: Some(code),
                 reason: None,
+                summary: None,
             };
         }
         return StepOutcome {
             state: State::Success,
             exit_code: Some(0),
             reason: None,
+            summary: None,
         };
     }
     let reason = match t.reason.as_deref() {
@@ -528,6 +537,7 @@ fn outcome(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> StepOutc
         state: State::Failure,
         exit_code: Some(t.exit_code),
         reason,
+        summary: None,
     }
 }
 
@@ -600,11 +610,13 @@ mod tests {
             state: State::Error,
             exit_code: None,
             reason: Some(gone.clone()),
+            summary: None,
         };
         let skipped = StepOutcome {
             state: State::Skipped,
             exit_code: None,
             reason: None,
+            summary: None,
         };
         assert_eq!(
             tracker.vanished(),

@@ -89,6 +89,7 @@ impl StepResult {
                 state,
                 exit_code,
                 reason,
+                summary: None,
             },
             halt: None,
             timed_out: None,
@@ -322,6 +323,7 @@ async fn run_steps(
                 state: State::Skipped,
                 exit_code: None,
                 reason: None,
+                summary: None,
             };
             events
                 .send(JobEventKind::StepFinished {

@@ -139,6 +139,7 @@ fn step_from_row(row: &AnyRow) -> Result<((JobId, u32), Step)> {
             state: c.state("state")?,
             exit_code: c.opt_i64("exit_code")?.map(|x| x as i32),
             reason: c.opt_str("reason")?,
+            summary: None,
             started_at: c.opt_ts("started_at")?,
             finished_at: c.opt_ts("finished_at")?,
         },
@@ -432,6 +433,7 @@ impl Tx {
                     state: job.state,
                     exit_code: None,
                     reason: None,
+                    summary: None,
                     started_at: None,
                     finished_at: job.finished_at,
                 })

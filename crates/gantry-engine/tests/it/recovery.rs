@@ -133,6 +133,7 @@ impl Reattach for StillThere {
                         state: State::Success,
                         exit_code: Some(0),
                         reason: None,
+                        summary: None,
                     },
                 },
                 JobEventKind::Finished {
@@ -196,6 +197,7 @@ impl Reattach for Repeats {
             state: State::Success,
             exit_code: Some(0),
             reason: None,
+            summary: None,
         };
         tokio::spawn(async move {
             let kinds = [

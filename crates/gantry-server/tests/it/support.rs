@@ -84,6 +84,7 @@ impl Attempt {
             state,
             exit_code: Some(i32::from(state != State::Success)),
             reason: None,
+            summary: None,
         };
         self.send(JobEventKind::StepFinished { step, outcome })
             .await;
