@@ -31,6 +31,7 @@ fn jobs() -> Vec<JobRequest> {
         trigger: &trigger,
         run_id,
         file: "bench.yaml",
+        run_url: None,
     };
     gantry_pipeline::plan(&pipeline, &ctx)
         .jobs

@@ -55,6 +55,7 @@ fn pipeline(c: &mut Criterion) {
                     trigger: &trigger,
                     run_id,
                     file: "bench.yaml",
+                    run_url: None,
                 };
                 black_box(gantry_pipeline::plan(&pipeline, &ctx))
             })

@@ -61,6 +61,27 @@ pub struct JobRequest {
     pub secret_values: BTreeMap<String, Secret>,
 }
 
+impl JobRequest {
+    /// The commit message of a `gitops` step that gives none: what it sets, from which commit
+    /// of which repository, and the run (its page when Gantry has a public URL).
+    pub fn gitops_message(&self, step: &crate::GitopsStep) -> String {
+        let run = self
+            .spec
+            .env
+            .get("GANTRY_RUN_URL")
+            .filter(|u| !u.is_empty())
+            .map_or_else(|| format!("gantry run {}", self.run_id), |u| u.clone());
+        let sha = &self.checkout.sha;
+        format!(
+            "Set {}:{}\n\nFrom {}@{} ({run}).",
+            step.image,
+            step.tag,
+            self.checkout.repo.full_name,
+            &sha[..sha.len().min(12)],
+        )
+    }
+}
+
 /// What the store holds of an attempt that a restarted Gantry hands back to its backend
 /// (`gantry_engine::Reattach`): the backend reports only what is missing from it, so that no
 /// transition is lost and no log line is stored twice.

@@ -13,6 +13,7 @@ mod spec;
 mod state;
 mod status;
 mod trigger;
+pub mod trivy;
 
 #[cfg(feature = "test-util")]
 pub mod fake;

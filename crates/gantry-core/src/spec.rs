@@ -194,24 +194,6 @@ pub fn cache_repo_for(destination: &str) -> String {
     format!("{repo}/cache")
 }
 
-impl TrivyStep {
-    /// `image --exit-code 1 [--severity …] [--ignore-unfixed] IMAGE`: a finding at one of the
-    /// chosen severities exits 1, which fails the step.
-    pub fn args(&self) -> Vec<String> {
-        let mut args = vec!["image".to_owned(), "--exit-code".into(), "1".into()];
-        if !self.severity.is_empty() {
-            let severities: Vec<&str> = self.severity.iter().map(|s| s.as_str()).collect();
-            args.push("--severity".into());
-            args.push(severities.join(","));
-        }
-        if self.ignore_unfixed {
-            args.push("--ignore-unfixed".into());
-        }
-        args.push(self.image.clone());
-        args
-    }
-}
-
 /// Vulnerability severities, as Trivy names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -297,24 +279,6 @@ mod tests {
                 "--cache-repo=r.example/app/cache",
                 "--build-arg=V=1",
                 "--target=prod"
-            ]
-        );
-        let trivy = TrivyStep {
-            image: "r.example/app:1".into(),
-            severity: vec![Severity::Critical, Severity::High],
-            ignore_unfixed: true,
-            registry_secret: None,
-        };
-        assert_eq!(
-            trivy.args(),
-            [
-                "image",
-                "--exit-code",
-                "1",
-                "--severity",
-                "CRITICAL,HIGH",
-                "--ignore-unfixed",
-                "r.example/app:1"
             ]
         );
     }

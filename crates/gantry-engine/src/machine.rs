@@ -187,12 +187,18 @@ impl Inner {
                 continue;
             }
             let run_id = RunId::new();
+            let run_url = self
+                .config
+                .public_url
+                .as_deref()
+                .map(|u| format!("{}/runs/{run_id}", u.trim_end_matches('/')));
             let mut plan = gantry_pipeline::plan(
                 &pipeline,
                 &gantry_pipeline::PlanContext {
                     trigger: &trigger,
                     run_id,
                     file: &file,
+                    run_url: run_url.as_deref(),
                 },
             );
             // Every job gets a deadline; one asking for more than the operator allows is

@@ -53,6 +53,7 @@ pub(crate) enum Update {
 }
 
 pub(crate) struct Inner {
+    pub client: Client,
     pub pods: Api<Pod>,
     pub secrets: Api<Secret>,
     pub config: KubeConfig,
@@ -114,10 +115,11 @@ impl KubeBackend {
     ) -> Self {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
         let events: Api<Event> = Api::namespaced(client.clone(), &config.namespace);
-        let secrets: Api<Secret> = Api::namespaced(client, &config.namespace);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
         let (store, writer) = reflector::store();
         let (autoscaler_events, events_writer) = reflector::store();
         let inner = Arc::new(Inner {
+            client,
             pods: pods.clone(),
             secrets,
             config,
@@ -533,6 +535,27 @@ impl Runner {
 
     /// A line from Gantry into a step's log. Numbered apart from the container's own lines
     /// (which the log task numbers) only when the step has no stream yet.
+    /// After a `gitops` step pushed: the agents deploying from its repository reconcile now.
+    async fn tell_agents(&mut self, step: usize, repo: &str) {
+        let agents: Vec<_> = crate::agents::for_repo(&self.inner.config.gitops_agents, repo)
+            .into_iter()
+            .cloned()
+            .collect();
+        for agent in agents {
+            let said = crate::agents::notify(
+                self.inner.client.clone(),
+                &self.inner.config.timings,
+                &agent,
+            )
+            .await;
+            let line = said.unwrap_or_else(|e| {
+                tracing::warn!(job = %self.job.job_id, "{e}");
+                e
+            });
+            self.system(step, line).await;
+        }
+    }
+
     async fn system(&mut self, step: usize, text: String) {
         let number = self.numbers.entry(step).or_default();
         *number += 1;
@@ -776,6 +799,11 @@ impl Runner {
                 }
                 if let Some(log) = self.logs.remove(&i) {
                     self.drain(log).await;
+                }
+                if outcome.state == State::Success
+                    && let StepKind::Gitops(g) = &self.job.spec.steps[i].kind
+                {
+                    self.tell_agents(i, &g.repo).await;
                 }
                 self.send(JobEventKind::StepFinished { step: i, outcome })
                     .await;

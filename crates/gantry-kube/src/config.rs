@@ -167,6 +167,13 @@ pub struct KubeConfig {
     /// every pod: the first rule whose `from` is a prefix of the normalised reference wins
     /// (see [`crate::images`]).
     pub image_mirrors: Vec<ImageMirror>,
+    /// Where `trivy` steps fetch the vulnerability database from: an OCI repository such as
+    /// `registry.internal/aquasec/trivy-db:2`, for a cluster that cannot reach Trivy's default
+    /// (`mirror.gcr.io/aquasec/trivy-db`). Mirror it with `oras copy` or `skopeo copy`.
+    pub trivy_db_repository: Option<String>,
+    /// The GitOps agents that deploy from configuration repositories: after a `gitops` step
+    /// pushes to one of them, Gantry tells its agent at once (see [`crate::agents`]).
+    pub gitops_agents: Vec<crate::agents::GitopsAgent>,
     pub security: SecurityLevel,
     /// uid and gid of every container under [`SecurityLevel::Restricted`].
     pub restricted_uid: i64,
@@ -196,6 +203,8 @@ impl Default for KubeConfig {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             image_mirrors: Vec::new(),
+            trivy_db_repository: None,
+            gitops_agents: Vec::new(),
             security: SecurityLevel::Baseline,
             restricted_uid: 1000,
             repos: BTreeMap::new(),

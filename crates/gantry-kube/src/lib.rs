@@ -9,6 +9,7 @@
 //!   ([`gantry_engine::Reattach`]);
 //! - [`lease`] elects the one replica that runs the engine, with a Lease.
 
+pub mod agents;
 mod api;
 mod backend;
 mod config;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use gantry_core::{JobRequest, Resume, State, StatusCondition, StepOutcome};
+use gantry_core::{JobRequest, Resume, State, StatusCondition, StepKind, StepOutcome};
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod};
 
 use crate::names;
@@ -103,6 +103,8 @@ pub(crate) enum Ending {
 #[derive(Debug)]
 pub(crate) struct Tracker {
     names: Vec<String>,
+    /// What each step is: a tool step's container reports more than its exit code.
+    kinds: Vec<StepKind>,
     run_if: Vec<StatusCondition>,
     allow_failure: Vec<bool>,
     phases: Vec<Phase>,
@@ -130,6 +132,7 @@ impl Tracker {
         let steps = &job.spec.steps;
         Self {
             names: steps.iter().map(|s| s.name.clone()).collect(),
+            kinds: steps.iter().map(|s| s.kind.clone()).collect(),
             run_if: steps.iter().map(|s| s.run_if).collect(),
             allow_failure: steps.iter().map(|s| s.allow_failure).collect(),
             phases: vec![Phase::Waiting; steps.len()],
@@ -297,11 +300,12 @@ impl Tracker {
                         summary: None,
                     };
                 }
-                if t.exit_code == 0
-                    && let Some(m) = &t.message
-                    && m.trim().starts_with("sha256:")
-                {
-                    out.push(Action::System(i, format!("pushed digest {}", m.trim())));
+                if matches!(outcome.state, State::Success | State::Failure) {
+                    report(&self.kinds[i], t, &mut outcome);
+                    if let (StepKind::Kaniko(_), Some(summary)) = (&self.kinds[i], &outcome.summary)
+                    {
+                        out.push(Action::System(i, summary.clone()));
+                    }
                 }
                 self.record(i, &outcome);
                 out.push(Action::StepFinished(i, outcome));
@@ -512,7 +516,9 @@ fn outcome(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> StepOutc
             };
         }
         if let Some(code) = message
-            .strip_prefix(MSG_EXIT)
+            .lines()
+            .last()
+            .and_then(|l| l.trim().strip_prefix(MSG_EXIT))
             .and_then(|c| c.parse::<i32>().ok())
         {
             return StepOutcome {
@@ -539,6 +545,73 @@ fn outcome(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> StepOutc
         reason,
         summary: None,
     }
+}
+
+/// What a tool step's container says beyond its exit code, from its termination message: the
+/// digest a `kaniko` step pushed (or, when it failed, the executor's last words: the
+/// registry's refusal), a `trivy` scan's findings and whether a failure is findings or a
+/// scanner error, the commit a `gitops` step pushed.
+fn report(
+    kind: &StepKind,
+    t: &k8s_openapi::api::core::v1::ContainerStateTerminated,
+    outcome: &mut StepOutcome,
+) {
+    let message = t.message.as_deref().unwrap_or("");
+    match kind {
+        StepKind::Run { .. } => {}
+        StepKind::Kaniko(_) => {
+            let digest = message.trim();
+            if outcome.state == State::Success {
+                if digest.starts_with("sha256:") {
+                    outcome.summary = Some(format!("pushed digest {digest}"));
+                }
+            } else if outcome.reason.is_none()
+                && let Some(last) = last_words(message)
+            {
+                outcome.reason = Some(last);
+            }
+        }
+        StepKind::Trivy(step) => {
+            let code = outcome.exit_code.unwrap_or(0);
+            let verdict = gantry_core::trivy::verdict(step, code, message);
+            if outcome.state == State::Failure && outcome.reason.is_none() {
+                outcome.reason = verdict.reason;
+            }
+            outcome.summary = verdict.summary;
+        }
+        StepKind::Gitops(_) => {
+            let said: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("gitops: "))
+                .collect();
+            if !said.is_empty() {
+                outcome.summary = Some(said.join("\n"));
+            }
+        }
+    }
+}
+
+/// The last line of a failed tool's log tail (`FallbackToLogsOnError`) that says something,
+/// without the logger's decorations, cut to a sensible length.
+fn last_words(message: &str) -> Option<String> {
+    let line = message
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with(MSG_EXIT))?;
+    let line = line
+        .find("msg=")
+        .map_or(line, |at| line[at + 4..].trim_matches('"'));
+    let mut line = line.to_owned();
+    if line.len() > 1000 {
+        let mut end = 1000;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('…');
+    }
+    Some(line)
 }
 
 #[cfg(test)]

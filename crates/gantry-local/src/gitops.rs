@@ -106,23 +106,21 @@ async fn bump_in(
             head.text(Stream::Stdout).trim().to_owned()
         }
     };
-    let message = step.message.clone().unwrap_or_else(|| {
-        format!(
-            "gantry: bump {} to {} (run {})",
-            step.image, step.tag, ctx.job.run_id
-        )
-    });
+    let message = step
+        .message
+        .clone()
+        .unwrap_or_else(|| ctx.job.gitops_message(step));
     let target = format!("HEAD:refs/heads/{branch}");
     for attempt in 0..=PUSH_RETRIES {
         let file = match edit_file(&clone, relative, step).await {
             Ok(Some(file)) => file,
             Ok(None) => {
-                ctx.system(format!(
-                    "gitops: {} is already at {} on {branch}; nothing to push",
-                    step.image, step.tag
-                ))
-                .await;
-                return Ok(StepResult::success());
+                let said = format!(
+                    "{} is already at {} in {} on {branch}: nothing to commit",
+                    step.image, step.tag, step.path
+                );
+                ctx.system(format!("gitops: {said}")).await;
+                return Ok(StepResult::success().with_summary(said));
             }
             Err(reason) => return Err(fail(ctx, reason).await),
         };
@@ -131,12 +129,16 @@ async fn bump_in(
         let push = workspace::git(&clone, &env, &["push", "-q", "origin", &target]);
         let (ending, out) = ctx.run_capturing(push).await;
         if ending.succeeded() {
-            ctx.system(format!(
-                "gitops: pushed {} = {} to {branch} of {}",
-                step.image, step.tag, step.repo
-            ))
-            .await;
-            return Ok(StepResult::success());
+            let head = git(ctx, &clone, &env, &["rev-parse", "--short=12", "HEAD"]).await?;
+            let said = format!(
+                "pushed {} to {branch} ({}: {} at {})",
+                head.text(Stream::Stdout).trim(),
+                step.path,
+                step.image,
+                step.tag
+            );
+            ctx.system(format!("gitops: {said}")).await;
+            return Ok(StepResult::success().with_summary(said));
         }
         let stderr = out.text(Stream::Stderr);
         if !matches!(ending, Ending::Exited(_)) || !branch_moved(&stderr) || attempt == PUSH_RETRIES

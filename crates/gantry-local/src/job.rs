@@ -79,6 +79,12 @@ impl StepResult {
         Self::state(State::Success, Some(0), None)
     }
 
+    /// The same, with what the step produced (see [`StepOutcome::summary`]).
+    pub(crate) fn with_summary(mut self, summary: impl Into<String>) -> Self {
+        self.outcome.summary = Some(summary.into());
+        self
+    }
+
     pub(crate) fn failure(reason: impl Into<String>) -> Self {
         Self::state(State::Failure, None, Some(reason.into()))
     }

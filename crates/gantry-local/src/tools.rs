@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use gantry_core::{KanikoStep, TrivyStep};
+use gantry_core::{KanikoStep, State, TrivyStep};
 
 use crate::job::{StepContext, StepResult};
 
@@ -44,9 +44,43 @@ pub(crate) async fn trivy(ctx: &mut StepContext<'_>, step: &TrivyStep) -> StepRe
         );
         ctx.system(note).await;
     }
-    let mut command = ctx.command(&trivy);
-    command.args(step.args());
-    StepResult::of(ctx.run(command).await)
+    // The same script as on Kubernetes (gantry_core::trivy): one scan into a JSON report,
+    // the gate and the table from it, and the summary into a file of our own.
+    let scratch = match tempfile::Builder::new().prefix("gantry-trivy-").tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            let reason = format!("cannot make a scratch directory for trivy's report: {e}");
+            ctx.system(&reason).await;
+            return StepResult::failure(reason);
+        }
+    };
+    let summary_file = scratch.path().join("summary");
+    let mut command = ctx.command("/bin/sh");
+    command
+        .arg("-e")
+        .arg("-c")
+        .arg(gantry_core::trivy::SCRIPT)
+        .envs(gantry_core::trivy::env(step, None))
+        .env("GANTRY_TRIVY_REPORT", scratch.path().join("report.json"))
+        .env("GANTRY_TRIVY_SUMMARY", &summary_file);
+    // The script calls `trivy` by name: the one found above comes first.
+    if let Some(dir) = trivy.parent() {
+        let path = ctx
+            .env
+            .get("PATH")
+            .map_or(String::new(), |p| format!(":{p}"));
+        command.env("PATH", format!("{}{path}", dir.display()));
+    }
+    let mut result = StepResult::of(ctx.run(command).await);
+    let written = std::fs::read_to_string(&summary_file).unwrap_or_default();
+    if let Some(code) = result.outcome.exit_code {
+        let verdict = gantry_core::trivy::verdict(step, code, &written);
+        if result.outcome.state == State::Failure && result.outcome.reason.is_none() {
+            result.outcome.reason = verdict.reason;
+        }
+        result.outcome.summary = verdict.summary;
+    }
+    result
 }
 
 /// `executor` arguments for a step, with the context and Dockerfile made absolute.

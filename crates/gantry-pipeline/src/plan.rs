@@ -17,6 +17,8 @@ pub struct PlanContext<'a> {
     pub run_id: RunId,
     /// The pipeline file's path in the repository.
     pub file: &'a str,
+    /// The run's page in Gantry's viewer (`GANTRY_RUN_URL`), when Gantry has a public URL.
+    pub run_url: Option<&'a str>,
 }
 
 /// The jobs of one run, in an order where every job comes after the jobs it needs.
@@ -151,7 +153,7 @@ fn job_spec(
     name: &str,
     matrix: &[(String, String)],
 ) -> JobSpec {
-    let builtins = vars::builtins(ctx.trigger, &ctx.run_id, &pipeline.name, name);
+    let builtins = vars::builtins(ctx, &pipeline.name, name);
     // Variables visible to the job: built-ins, then pipeline env, then job env.
     let pipeline_env = expand_env(&pipeline.env, &builtins, matrix);
     let scope = expand_env(&job.env, &pipeline_env, matrix);

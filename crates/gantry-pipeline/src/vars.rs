@@ -2,8 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use gantry_core::Trigger;
-
 /// Built-in variables and what they hold. Every job's environment has all of them.
 pub const VARIABLES: &[(&str, &str)] = &[
     (
@@ -34,6 +32,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("GANTRY_REPO_URL", "The repository's clone URL."),
     ("GANTRY_RUN_ID", "The run's id (a UUID)."),
     (
+        "GANTRY_RUN_URL",
+        "The run's page in Gantry's viewer (`PUBLIC_URL/runs/RUN_ID`); empty where there is no viewer (`gantry run`).",
+    ),
+    (
         "GANTRY_JOB",
         "The job's name, with matrix values for a matrix job: `test (rust=1.95)`.",
     ),
@@ -50,11 +52,11 @@ pub(crate) fn is_builtin(name: &str) -> bool {
 
 /// The values of the built-ins for one job.
 pub(crate) fn builtins(
-    trigger: &Trigger,
-    run_id: &gantry_core::RunId,
+    ctx: &crate::PlanContext<'_>,
     pipeline: &str,
     job: &str,
 ) -> BTreeMap<String, String> {
+    let trigger = ctx.trigger;
     let short: String = trigger.sha.chars().take(8).collect();
     let values = [
         ("GANTRY_COMMIT_SHA", trigger.sha.clone()),
@@ -65,7 +67,8 @@ pub(crate) fn builtins(
         ("GANTRY_EVENT", trigger.event.as_str().to_owned()),
         ("GANTRY_REPO", trigger.repo.full_name.clone()),
         ("GANTRY_REPO_URL", trigger.repo.clone_url.clone()),
-        ("GANTRY_RUN_ID", run_id.to_string()),
+        ("GANTRY_RUN_ID", ctx.run_id.to_string()),
+        ("GANTRY_RUN_URL", ctx.run_url.unwrap_or_default().to_owned()),
         ("GANTRY_JOB", job.to_owned()),
         ("GANTRY_PIPELINE", pipeline.to_owned()),
         (

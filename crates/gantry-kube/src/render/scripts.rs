@@ -8,8 +8,8 @@ pub(crate) const WORKSPACE: &str = "/workspace";
 
 /// What a guarded step writes to its termination message when it does not run.
 pub(crate) const MSG_SKIPPED: &str = "gantry:skipped";
-/// Prefix of a guarded step's termination message when its command failed but the container
-/// exited 0 so that the steps after it still run: `gantry:exit=<code>`.
+/// Prefix of the last line of a guarded step's termination message when its command failed
+/// but the container exited 0 so that the steps after it still run: `gantry:exit=<code>`.
 pub(crate) const MSG_EXIT: &str = "gantry:exit=";
 
 /// Fetches exactly one commit, depth 1, into the workspace. Credentials (when the forge gave
@@ -57,7 +57,8 @@ pub(crate) fn guard(g: Guard) -> String {
     }
     s.push_str("rc=0\n/bin/sh -e -c \"$1\" || rc=$?\n");
     s.push_str("[ \"$rc\" -eq 0 ] && exit 0\n");
-    s.push_str(&format!("echo {MSG_EXIT}$rc > $m\n"));
+    // Appended: a step may have written its own summary there (a trivy scan's).
+    s.push_str(&format!("echo {MSG_EXIT}$rc >> $m\n"));
     if !g.allow_failure {
         s.push_str(&format!("touch {STATE_DIR}/failed\n"));
         if !g.keep_going {
@@ -69,30 +70,14 @@ pub(crate) fn guard(g: Guard) -> String {
     s
 }
 
-/// Quotes one word for `sh`.
-pub(crate) fn quote(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c))
-    {
-        return word.to_owned();
-    }
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-/// `exec` + the quoted words: a tool's command as a script, for the guard.
-pub(crate) fn exec_line(words: &[String]) -> String {
-    let quoted: Vec<String> = words.iter().map(|w| quote(w)).collect();
-    format!("exec {}", quoted.join(" "))
-}
-
 /// The gitops helper's script: clone the configuration repository (depth 1), set the tag in a
 /// kustomization (`images[].newTag`, adding the entry when missing) or at a YAML path, commit
 /// and push; when the push is rejected because the branch moved, fetch, redo the edit on top and
 /// push again (3 tries). Inputs: `GITOPS_*` variables (see `render::steps::gitops`).
 pub(crate) const GITOPS: &str = r#"set -eu
 export HOME=/tmp GIT_TERMINAL_PROMPT=0
+# What the step did, in its log and its termination message (the step's summary).
+say() { echo "gitops: $*"; echo "gitops: $*" >> /dev/termination-log 2> /dev/null || true; }
 dir=$(mktemp -d)
 auth() {
   if [ -n "${GITOPS_TOKEN:-}" ]; then
@@ -131,10 +116,10 @@ edit() {
 tries=0
 while :; do
   edit
-  if git diff --quiet; then echo "gitops: $GITOPS_IMAGE is already at $GITOPS_TAG"; exit 0; fi
+  if git diff --quiet; then say "$GITOPS_IMAGE is already at $GITOPS_TAG in $GITOPS_PATH: nothing to commit"; exit 0; fi
   git commit -q -am "$GITOPS_MESSAGE"
   if auth push -q origin "HEAD:$branch"; then
-    echo "gitops: pushed $(git rev-parse --short HEAD) to $branch"; exit 0
+    say "pushed $(git rev-parse --short=12 HEAD) to $branch ($GITOPS_PATH: $GITOPS_IMAGE at $GITOPS_TAG)"; exit 0
   fi
   tries=$((tries + 1))
   if [ "$tries" -ge 3 ]; then echo "gitops: push rejected $tries times; giving up" >&2; exit 1; fi
@@ -149,14 +134,6 @@ mod tests {
     use gantry_core::StatusCondition;
 
     use super::*;
-
-    #[test]
-    fn quoting_keeps_words_whole() {
-        assert_eq!(quote("plain-word:1.2"), "plain-word:1.2");
-        assert_eq!(quote("it's here"), r"'it'\''s here'");
-        assert_eq!(quote(""), "''");
-        assert_eq!(quote("$HOME"), "'$HOME'");
-    }
 
     #[test]
     fn a_guard_stops_the_pod_only_when_nothing_later_must_run() {

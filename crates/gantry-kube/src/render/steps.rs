@@ -147,11 +147,19 @@ pub(crate) fn step(
                     mounts.push(mount(&volume, "/gantry-docker", true));
                     env_vars.push(env("DOCKER_CONFIG", "/gantry-docker"));
                 }
-                env_vars.push(env("TRIVY_NO_PROGRESS", "true"));
-                let mut words = vec!["trivy".to_owned()];
-                words.extend(t.args());
-                let script = ctx.guarded.then(|| scripts::exec_line(&words));
-                (ctx.config.images.trivy.clone(), script, words, Vec::new())
+                for (name, value) in
+                    gantry_core::trivy::env(t, ctx.config.trivy_db_repository.as_deref())
+                {
+                    env_vars.push(env(name, value));
+                }
+                // The pod is thrown away: its cache too (and any uid can write /tmp).
+                env_vars.push(env("TRIVY_CACHE_DIR", "/tmp/trivy-cache"));
+                (
+                    ctx.config.images.trivy.clone(),
+                    Some(gantry_core::trivy::SCRIPT.to_owned()),
+                    Vec::new(),
+                    Vec::new(),
+                )
             }
             StepKind::Gitops(g) => {
                 if let Some(path) = &g.yaml_path
@@ -184,12 +192,10 @@ pub(crate) fn step(
             vec!["/bin/sh".into(), "-c".into(), scripts::guard(g)],
             Some(vec!["gantry-step".into(), script]),
         ),
-        (None, Some(script)) if matches!(step.kind, StepKind::Run { .. } | StepKind::Gitops(_)) => {
-            (
-                vec!["/bin/sh".into(), "-e".into(), "-c".into(), script],
-                None,
-            )
-        }
+        (None, Some(script)) => (
+            vec!["/bin/sh".into(), "-e".into(), "-c".into(), script],
+            None,
+        ),
         (_, _) => (command, None),
     };
     // Under `restricted` the step runs as `restricted_uid`, which images rarely know: its HOME
@@ -217,7 +223,16 @@ pub(crate) fn step(
         env: Some(env_vars),
         volume_mounts: Some(mounts),
         security_context: Some(ctx.security_context(&caps)),
-        termination_message_policy: Some("File".into()),
+        // A failed executor writes no digest: its last log lines (the registry's refusal)
+        // become the message, which the step's reason quotes.
+        termination_message_policy: Some(
+            if matches!(step.kind, StepKind::Kaniko(_)) {
+                "FallbackToLogsOnError"
+            } else {
+                "File"
+            }
+            .into(),
+        ),
         ..Container::default()
     })
 }
@@ -244,17 +259,10 @@ pub(crate) fn kaniko_args(k: &KanikoStep) -> Vec<String> {
 }
 
 fn gitops_env(ctx: &Ctx<'_>, g: &GitopsStep) -> Vec<EnvVar> {
-    let job = ctx.job;
-    let message = g.message.clone().unwrap_or_else(|| {
-        format!(
-            "Set {}:{} ({}@{}, gantry run {})",
-            g.image,
-            g.tag,
-            job.checkout.repo.full_name,
-            &job.checkout.sha[..job.checkout.sha.len().min(12)],
-            job.run_id
-        )
-    });
+    let message = g
+        .message
+        .clone()
+        .unwrap_or_else(|| ctx.job.gitops_message(g));
     let mut vars = vec![
         env("GITOPS_REPO", g.repo.clone()),
         env("GITOPS_BRANCH", g.branch.clone().unwrap_or_default()),

@@ -67,6 +67,7 @@ pub fn requests(source: &str, file: &str) -> Vec<(String, Result<JobRequest, Str
         trigger: &trigger,
         run_id,
         file,
+        run_url: Some("https://gantry.example.com/runs/00000000-0000-0000-0000-000000005eed"),
     };
     let plan = gantry_pipeline::plan(&pipeline, &ctx);
     plan.jobs

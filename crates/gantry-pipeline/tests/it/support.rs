@@ -75,6 +75,7 @@ pub fn plan_for(pipeline: &Pipeline, trigger: &Trigger) -> Plan {
             trigger,
             run_id: RunId(uuid::Uuid::nil()),
             file: ".gantry.yaml",
+            run_url: None,
         },
     )
 }

@@ -242,6 +242,8 @@ GitHub's registry under `ghcr/`:
 [kubernetes]
 image_pull_secrets = [\"registry-internal-pull\"]
 node_selector = { \"gantry.dev/ci-pool\" = \"true\" }
+# Trivy's vulnerability database, mirrored: `oras copy mirror.gcr.io/aquasec/trivy-db:2 …`
+trivy_db_repository = \"registry.internal/aquasec/trivy-db:2\"
 
 [[kubernetes.tolerations]]
 key = \"gantry.dev/ci-pool\"
@@ -361,6 +363,14 @@ const KUBERNETES_KEYS: &[(&str, &str)] = &[
     (
         "image_mirrors",
         "image rewriting for mirrors (`[[kubernetes.image_mirrors]]`: `from`, `to`), in every container of every pod (job images, services, `images.*`); the first `from` that is a prefix of the normalised reference wins; see below",
+    ),
+    (
+        "trivy_db_repository",
+        "where `trivy` steps fetch the vulnerability database (an OCI repository such as `registry.internal/aquasec/trivy-db:2`); unset: Trivy's default on the internet. For air-gapped clusters: mirror it (`oras copy`, `skopeo copy`)",
+    ),
+    (
+        "gitops_agents",
+        "the GitOps agents that deploy from configuration repositories (`[[kubernetes.gitops_agents]]`: `repo`, `flux = { namespace, name }` of the GitRepository); after a `gitops` step pushes there, Gantry sets Flux's `reconcile.fluxcd.io/requestedAt` so the deploy starts at once instead of at the next poll; see docs/gitops.md",
     ),
     (
         "security",
@@ -501,6 +511,10 @@ mod tests {
         let config = super::super::serve_config::FileConfig::parse(example).unwrap();
         let kube = config.kubernetes.unwrap();
         assert_eq!(kube.image_mirrors.len(), 2);
+        assert_eq!(
+            kube.trivy_db_repository.as_deref(),
+            Some("registry.internal/aquasec/trivy-db:2")
+        );
         assert_eq!(kube.tolerations[0].effect.as_deref(), Some("NoSchedule"));
         assert_eq!(
             gantry_kube::images::rewrite("rust:1.95", &kube.image_mirrors),

@@ -101,6 +101,7 @@ pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         trigger: &trigger,
         run_id,
         file: &name,
+        run_url: None,
     };
     let plan = gantry_pipeline::plan(&pipeline, &ctx);
     let origin = if event == Event::PullRequest || trigger.git_ref.starts_with("refs/pull/") {

@@ -127,6 +127,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             trigger: &trigger,
             run_id,
             file: &shown,
+            run_url: None,
         },
     );
     // As `gantry serve` plans them with its default: a hung job ends.
