@@ -19,6 +19,9 @@ pub struct FakeStep {
     pub lines: Vec<String>,
     /// How long the step "runs".
     pub duration: Duration,
+    /// The summary its outcome carries when it ends by itself (not when it times out or is
+    /// cancelled).
+    pub summary: Option<String>,
 }
 
 impl Default for FakeStep {
@@ -27,6 +30,7 @@ impl Default for FakeStep {
             exit_code: 0,
             lines: Vec::new(),
             duration: Duration::ZERO,
+            summary: None,
         }
     }
 }
@@ -233,14 +237,14 @@ async fn run_fake_job(
                 state: State::Success,
                 exit_code: Some(0),
                 reason: None,
-                summary: None,
+                summary: script.summary.clone(),
             }
         } else {
             StepOutcome {
                 state: State::Failure,
                 exit_code: Some(script.exit_code),
                 reason: None,
-                summary: None,
+                summary: script.summary.clone(),
             }
         };
         if outcome.state == State::Failure && !step.allow_failure {

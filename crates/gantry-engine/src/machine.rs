@@ -771,8 +771,17 @@ impl Inner {
                 {
                     self.observer.first_step_started(at.elapsed());
                 }
-                tx.set_step_state(job_id, attempt, step, State::Running, None, None, event.at)
-                    .await?;
+                tx.set_step_state(
+                    job_id,
+                    attempt,
+                    step,
+                    State::Running,
+                    None,
+                    None,
+                    None,
+                    event.at,
+                )
+                .await?;
             }
             JobEventKind::StepFinished { step, outcome } => {
                 tx.set_step_state(
@@ -782,6 +791,7 @@ impl Inner {
                     outcome.state,
                     outcome.exit_code,
                     outcome.reason.as_deref(),
+                    outcome.summary.as_deref(),
                     event.at,
                 )
                 .await?;

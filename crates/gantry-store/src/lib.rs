@@ -30,7 +30,7 @@ pub use migrate::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxOutcome};
 pub use queue::QueueEntry;
 pub use requests::{EngineAction, EngineRequest};
-pub use runs::{Page, RunFilter, RunRecord, repo_key};
+pub use runs::{Page, RunFilter, RunRecord, SUMMARY_MAX_BYTES, repo_key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -86,7 +86,28 @@ const RUN_COLS: &str = "id, trigger_json, pipeline, name, state, reason, cancel_
 const JOB_COLS: &str = "id, attempt, run_id, name, needs, spec, retries_left, allow_failure, \
                         run_if, state, reason, created_at, started_at, finished_at";
 const STEP_COLS: &str =
-    "job_id, attempt, idx, name, state, exit_code, reason, started_at, finished_at";
+    "job_id, attempt, idx, name, state, exit_code, reason, summary, started_at, finished_at";
+
+/// The most of a step's summary the store keeps, in bytes: a summary is a line or a few (a
+/// digest, a scan's counts, a commit), and a backend that sends a whole report must not bloat
+/// every read of the run.
+pub const SUMMARY_MAX_BYTES: usize = 4096;
+
+/// What ends a summary cut to [`SUMMARY_MAX_BYTES`].
+const SUMMARY_CUT: &str = "\n… (cut: a summary keeps 4 KiB)";
+
+/// A summary as stored: `None` when there is nothing to show (absent, or only white space),
+/// NUL characters (which PostgreSQL's text refuses) replaced, cut at a character boundary with
+/// a marker when longer than [`SUMMARY_MAX_BYTES`].
+fn stored_summary(summary: Option<&str>) -> Option<String> {
+    let s = summary.filter(|s| !s.trim().is_empty())?;
+    let s = s.replace('\0', "\u{fffd}");
+    if s.len() <= SUMMARY_MAX_BYTES {
+        return Some(s);
+    }
+    let end = s.floor_char_boundary(SUMMARY_MAX_BYTES - SUMMARY_CUT.len());
+    Some(format!("{}{SUMMARY_CUT}", &s[..end]))
+}
 
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     let c = Cols(row);
@@ -139,7 +160,7 @@ fn step_from_row(row: &AnyRow) -> Result<((JobId, u32), Step)> {
             state: c.state("state")?,
             exit_code: c.opt_i64("exit_code")?.map(|x| x as i32),
             reason: c.opt_str("reason")?,
-            summary: None,
+            summary: c.opt_str("summary")?,
             started_at: c.opt_ts("started_at")?,
             finished_at: c.opt_ts("finished_at")?,
         },
@@ -444,7 +465,8 @@ impl Tx {
         for step in steps {
             sqlx::query(
                 "INSERT INTO steps (job_id, attempt, idx, run_id, name, state, exit_code, reason, \
-                 started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 summary, started_at, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(job.id.to_string())
             .bind(i64::from(job.attempt))
@@ -454,6 +476,7 @@ impl Tx {
             .bind(step.state.as_str())
             .bind(step.exit_code.map(i64::from))
             .bind(step.reason)
+            .bind(stored_summary(step.summary.as_deref()))
             .bind(opt_ts(step.started_at))
             .bind(opt_ts(step.finished_at))
             .execute(self.conn())
@@ -540,8 +563,9 @@ impl Tx {
         Ok(())
     }
 
-    /// Moves a step to `state` at `at` (see [`Tx::set_job_state`]); `exit_code` and `reason` are
-    /// recorded when given.
+    /// Moves a step to `state` at `at` (see [`Tx::set_job_state`]); `exit_code`, `reason` and
+    /// `summary` are recorded when given (the summary capped at [`SUMMARY_MAX_BYTES`]), and
+    /// the stored ones kept when not.
     #[allow(clippy::too_many_arguments)]
     pub async fn set_step_state(
         &mut self,
@@ -551,11 +575,12 @@ impl Tx {
         state: State,
         exit_code: Option<i32>,
         reason: Option<&str>,
+        summary: Option<&str>,
         at: Timestamp,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE steps SET state = $1, exit_code = COALESCE($2, exit_code), \
-             reason = COALESCE($3, reason), \
+             reason = COALESCE($3, reason), summary = COALESCE($10, summary), \
              started_at = CASE WHEN $4 = 1 AND started_at IS NULL THEN $5 ELSE started_at END, \
              finished_at = CASE WHEN $6 = 1 THEN $5 ELSE NULL END \
              WHERE job_id = $7 AND attempt = $8 AND idx = $9",
@@ -569,6 +594,7 @@ impl Tx {
         .bind(id.to_string())
         .bind(i64::from(attempt))
         .bind(index as i64)
+        .bind(stored_summary(summary))
         .execute(self.conn())
         .await?;
         Ok(())

@@ -1,6 +1,7 @@
 //! For tests that need PostgreSQL (feature `test-util`): a new, empty database on the test
 //! server that the test command starts (`GANTRY_TEST_DATABASE_URL`, see `scripts/pg-test-server`).
-//! Without the variable a test fails and says how to get a server: it never skips.
+//! Without the variable a test fails and says how to get a server: it never skips. Also a
+//! database left at an older schema ([`migrate_to`]), for tests of migrations.
 
 use sqlx::{Connection, Executor};
 
@@ -30,4 +31,22 @@ pub async fn fresh_postgres_database() -> String {
         .unwrap_or_else(|e| panic!("cannot create a database on {server}: {e}"));
     let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
     format!("{base}/{name}")
+}
+
+/// Creates the schema at `url` up to migration `version` only, as an older Gantry left it, so a
+/// test can fill it and check what a later migration does to it ([`crate::Store::open`] then
+/// applies the rest).
+pub async fn migrate_to(url: &str, version: i64) -> crate::Result<()> {
+    sqlx::any::install_default_drivers();
+    let (kind, url) = crate::normalize_url(url)?;
+    let mut conn =
+        sqlx::AnyConnection::connect(&url)
+            .await
+            .map_err(|source| crate::Error::Open {
+                url: crate::redact(&url),
+                source,
+            })?;
+    crate::migrate::migrate(kind, &mut conn, version).await?;
+    conn.close().await?;
+    Ok(())
 }

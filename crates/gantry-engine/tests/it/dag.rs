@@ -1,8 +1,9 @@
-//! DAG order, failure propagation, `when: status` jobs and steps, allow_failure, retries, invalid
-//! pipelines.
+//! DAG order, failure propagation, `when: status` jobs and steps, step outcomes and summaries,
+//! allow_failure, retries, invalid pipelines.
 
 use std::time::Duration;
 
+use gantry_core::fake::FakeStep;
 use gantry_core::{CommitState, State};
 use gantry_engine::{SKIP_NOTHING_FAILED, SKIP_UPSTREAM_FAILED};
 
@@ -178,6 +179,61 @@ async fn failure_and_always_steps_run_after_a_failed_step_and_are_recorded() {
         ]
     );
     assert_eq!(run.run.state, State::Failure);
+}
+
+/// What a backend says a step produced (a pushed digest, a scan's findings) is stored with the
+/// step, for an ended step whatever its state; a step that says nothing has none.
+#[tokio::test]
+async fn the_summary_a_backend_gives_a_step_is_stored_with_it() {
+    let h = Harness::new().await;
+    let digest = "pushed digest sha256:0123abcd";
+    let findings = "2 vulnerabilities (HIGH: 1, CRITICAL: 1)\nCRITICAL CVE-2099-0001 in openssl";
+    h.backend.script(
+        "image",
+        0,
+        FakeStep {
+            summary: Some(digest.into()),
+            ..FakeStep::default()
+        },
+    );
+    h.backend.script(
+        "image",
+        1,
+        FakeStep {
+            exit_code: 1,
+            summary: Some(findings.into()),
+            ..FakeStep::default()
+        },
+    );
+    let yaml = "jobs:
+  image:
+    steps:
+      - { name: build, run: kaniko }
+      - { name: scan, run: trivy }
+      - { name: report, run: cat report, when: { status: always } }
+";
+    let id = h.submit(yaml).await;
+    let run = h.wait_final(id).await;
+    let steps: Vec<_> = job(&run, "image")
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.state, s.summary.as_deref()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("build", State::Success, Some(digest)),
+            ("scan", State::Failure, Some(findings)),
+            ("report", State::Success, None),
+        ]
+    );
+    let stored = h
+        .store()
+        .get_job(job(&run, "image").id, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.steps[0].summary.as_deref(), Some(digest));
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gantry_core::fake::FakeForge;
+use gantry_core::fake::{FakeForge, FakeStep};
 use gantry_core::{
     BackendError, CommitState, EventSender, ForgeKind, JobEvent, JobEventKind, JobRequest, Resume,
     State,
@@ -172,8 +172,9 @@ async fn a_backend_that_can_reattach_keeps_its_jobs_across_a_restart() {
 }
 
 /// A backend that re-attaches as the Kubernetes one does after a restart during step 1: it
-/// reports again what the store holds (step 0's start, step 1's start) and then what it lacks
-/// (step 1's next line and end, the attempt's end). Keeps the resume it was given.
+/// reports again what the store holds (step 0's start and end, from the resume and so without
+/// step 0's summary, step 1's start) and then what it lacks (step 1's next line and end, the
+/// attempt's end). Keeps the resume it was given.
 #[derive(Default)]
 struct Repeats(Mutex<Vec<Resume>>);
 
@@ -185,6 +186,12 @@ impl Reattach for Repeats {
         resume: Resume,
         events: EventSender,
     ) -> Result<bool, BackendError> {
+        let again = gantry_core::StepOutcome {
+            state: resume.steps[0].state,
+            exit_code: resume.steps[0].exit_code,
+            reason: resume.steps[0].reason.clone(),
+            summary: None,
+        };
         self.0.lock().unwrap().push(resume);
         let line = gantry_core::LogLine {
             step: 1,
@@ -203,6 +210,10 @@ impl Reattach for Repeats {
             let kinds = [
                 JobEventKind::Started,
                 JobEventKind::StepStarted { step: 0 },
+                JobEventKind::StepFinished {
+                    step: 0,
+                    outcome: again,
+                },
                 JobEventKind::StepStarted { step: 1 },
                 JobEventKind::Log(line),
                 JobEventKind::StepFinished {
@@ -223,7 +234,16 @@ impl Reattach for Repeats {
 #[tokio::test]
 async fn a_re_attached_attempt_keeps_the_steps_that_ended_and_their_logs() {
     let h = Harness::new().await;
-    h.script("build", 0, 7, Duration::ZERO);
+    h.backend.script(
+        "build",
+        0,
+        FakeStep {
+            exit_code: 7,
+            lines: vec!["build step 0".into()],
+            summary: Some("3 findings".into()),
+            ..FakeStep::default()
+        },
+    );
     h.script("build", 1, 0, LONG);
     let id = h
         .submit(
@@ -246,6 +266,7 @@ async fn a_re_attached_attempt_keeps_the_steps_that_ended_and_their_logs() {
         .await;
     let step0 = job(&before, "build").steps[0].clone();
     assert_eq!((step0.state, step0.exit_code), (State::Failure, Some(7)));
+    assert_eq!(step0.summary.as_deref(), Some("3 findings"));
     h.engine.shutdown().await;
 
     let repeats = Arc::new(Repeats::default());
@@ -276,7 +297,8 @@ async fn a_re_attached_attempt_keeps_the_steps_that_ended_and_their_logs() {
     let stored = resume.steps[1].log;
     assert_eq!((stored.output_lines, stored.system_lines), (1, 0));
     assert!(stored.last_output_at.is_some());
-    // A start reported again does not reopen a step that ended: it keeps its exit code and end.
+    // A start or an end reported again does not reopen a step that ended: it keeps its exit
+    // code, its summary and its end.
     assert_eq!(build.steps[0], step0);
     assert_eq!(build.steps[1].state, State::Success);
     assert_eq!(

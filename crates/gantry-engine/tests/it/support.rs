@@ -97,6 +97,7 @@ impl Harness {
                 exit_code,
                 lines: vec![format!("{job} step {step}")],
                 duration,
+                summary: None,
             },
         );
     }

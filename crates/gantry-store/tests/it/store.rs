@@ -3,14 +3,14 @@ use std::time::Duration;
 
 use gantry_core::{
     CommitState, CommitStatus, Event, ForgeKind, Job, JobId, JobSpec, PullRequest, RepoRef, Run,
-    RunId, State, StatusCondition, StepKind, StepSpec, Trigger,
+    RunId, State, StatusCondition, Step, StepKind, StepSpec, Trigger,
 };
 use gantry_store::{
-    DeliveryState, NewDelivery, OutboxOutcome, Page, RunFilter, RunRecord, SCHEMA_VERSION, Store,
-    repo_key,
+    DeliveryState, NewDelivery, OutboxOutcome, Page, RunFilter, RunRecord, SCHEMA_VERSION,
+    SUMMARY_MAX_BYTES, Store, repo_key,
 };
 
-use crate::support::TestDb;
+use crate::support::{EmptyDb, TestDb};
 
 /// Runs each test against SQLite and against PostgreSQL.
 macro_rules! on_both {
@@ -41,7 +41,28 @@ on_both!(
     the_outbox_settles_and_reschedules_entries,
     deliveries_are_deduplicated_by_forge_and_id,
     runs_are_listed_by_filter_newest_first_in_pages,
+    step_summaries_are_stored_kept_and_capped,
 );
+
+/// Runs each test against a SQLite file and a PostgreSQL database that nobody opened yet.
+macro_rules! on_both_unopened {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_unopened {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(crate::support::sqlite_empty().await).await
+            })*
+        }
+        mod postgres_unopened {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(crate::support::postgres_empty().await).await
+            })*
+        }
+    };
+}
+
+on_both_unopened!(a_database_at_schema_2_keeps_its_rows_and_gains_step_summaries);
 
 fn repo(name: &str) -> RepoRef {
     RepoRef {
@@ -214,12 +235,21 @@ async fn runs_jobs_and_steps_round_trip_with_their_timestamps(db: TestDb) {
     tx.set_job_state(build.id, 1, State::Running, None, t0)
         .await
         .unwrap();
-    tx.set_step_state(build.id, 1, 0, State::Running, None, None, t0)
+    tx.set_step_state(build.id, 1, 0, State::Running, None, None, None, t0)
         .await
         .unwrap();
-    tx.set_step_state(build.id, 1, 0, State::Failure, Some(3), Some("boom"), t1)
-        .await
-        .unwrap();
+    tx.set_step_state(
+        build.id,
+        1,
+        0,
+        State::Failure,
+        Some(3),
+        Some("boom"),
+        None,
+        t1,
+    )
+    .await
+    .unwrap();
     tx.close_open_steps(build.id, 1, State::Error, State::Skipped, t2)
         .await
         .unwrap();
@@ -245,6 +275,7 @@ async fn runs_jobs_and_steps_round_trip_with_their_timestamps(db: TestDb) {
     assert_eq!(b.steps[0].state, State::Failure);
     assert_eq!(b.steps[0].exit_code, Some(3));
     assert_eq!(b.steps[0].reason.as_deref(), Some("boom"));
+    assert_eq!(b.steps[0].summary, None);
     assert_eq!(micros(b.steps[0].started_at), micros(Some(t0)));
     assert_eq!(micros(b.steps[0].finished_at), micros(Some(t1)));
     assert_eq!(b.steps[1].state, State::Skipped, "never started");
@@ -650,4 +681,270 @@ fn the_postgres_half_needs_a_server_url_and_says_how_to_get_one() {
             .unwrap();
         assert!(message.contains("./dev test"), "{message}");
     }
+}
+
+async fn step_summaries_are_stored_kept_and_capped(db: TestDb) {
+    let store = &db.store;
+    let r = run(trigger("acme/app", "main"));
+    let image = job(&r, "image", &[]);
+    let scan = job(&r, "scan", &[]);
+    // A job recorded with its steps (not one per spec step) keeps their summaries too.
+    let mut given = job(&r, "given", &[]);
+    given.steps = vec![Step {
+        index: 0,
+        name: "build".into(),
+        state: State::Success,
+        exit_code: Some(0),
+        reason: None,
+        summary: Some("pushed digest sha256:1234".into()),
+        started_at: None,
+        finished_at: None,
+    }];
+    insert(store, &r, &[&image, &scan, &given]).await;
+
+    let digest = "pushed digest sha256:0123abcd\nto registry.example/app:<main> & \"latest\"";
+    let long = "é".repeat(SUMMARY_MAX_BYTES); // twice the cap in bytes, two bytes a character
+    let at = gantry_core::now();
+    let mut tx = store.begin().await.unwrap();
+    tx.set_step_state(image.id, 1, 0, State::Running, None, None, None, at)
+        .await
+        .unwrap();
+    tx.set_step_state(
+        image.id,
+        1,
+        0,
+        State::Success,
+        Some(0),
+        None,
+        Some(digest),
+        at,
+    )
+    .await
+    .unwrap();
+    // Told again without a summary (a backend reporting the end once more after a restart):
+    // the stored one stays, like the reason.
+    tx.set_step_state(image.id, 1, 0, State::Success, Some(0), None, None, at)
+        .await
+        .unwrap();
+    tx.set_step_state(
+        image.id,
+        1,
+        1,
+        State::Success,
+        Some(0),
+        None,
+        Some(&long),
+        at,
+    )
+    .await
+    .unwrap();
+    tx.set_step_state(
+        scan.id,
+        1,
+        0,
+        State::Failure,
+        Some(1),
+        None,
+        Some("a\0b"),
+        at,
+    )
+    .await
+    .unwrap();
+    tx.set_step_state(
+        scan.id,
+        1,
+        1,
+        State::Success,
+        Some(0),
+        None,
+        Some(" \n "),
+        at,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let loaded = store.get_run(r.run.id).await.unwrap().unwrap();
+    let steps = |name: &str| {
+        loaded
+            .run
+            .jobs
+            .iter()
+            .find(|j| j.name == name)
+            .unwrap()
+            .steps
+            .clone()
+    };
+    let image_steps = steps("image");
+    assert_eq!(image_steps[0].summary.as_deref(), Some(digest));
+    let cut = image_steps[1].summary.as_deref().unwrap();
+    assert!(cut.len() <= SUMMARY_MAX_BYTES, "{} bytes kept", cut.len());
+    assert!(
+        cut.len() > SUMMARY_MAX_BYTES - 100,
+        "{} bytes kept",
+        cut.len()
+    );
+    assert!(cut.ends_with("(cut: a summary keeps 4 KiB)"), "{cut}");
+    let kept = cut.split('\n').next().unwrap();
+    assert!(
+        !kept.is_empty() && kept.chars().all(|c| c == 'é'),
+        "cut between characters"
+    );
+    let scan_steps = steps("scan");
+    assert_eq!(
+        scan_steps[0].summary.as_deref(),
+        Some("a\u{fffd}b"),
+        "PostgreSQL's text cannot hold NUL"
+    );
+    assert_eq!(scan_steps[1].summary, None, "nothing to show");
+    assert_eq!(
+        steps("given")[0].summary.as_deref(),
+        Some("pushed digest sha256:1234")
+    );
+    let one = store.get_job(image.id, None).await.unwrap().unwrap();
+    assert_eq!(one.steps[0].summary.as_deref(), Some(digest), "get_job too");
+}
+
+/// A database an older Gantry (schema 2) filled: opening it adds the summary column and keeps
+/// every row; its steps have no summary until one is recorded.
+async fn a_database_at_schema_2_keeps_its_rows_and_gains_step_summaries(db: EmptyDb) {
+    gantry_store::testing::migrate_to(&db.url, 2).await.unwrap();
+    let r = run(trigger("acme/app", "main"));
+    let old = job(&r, "build", &[]);
+    let at = "2026-01-02T03:04:05.000000Z";
+    {
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+            .await
+            .unwrap();
+        let version: i64 = sqlx::Row::get(
+            &sqlx::query("SELECT MAX(version) AS v FROM gantry_schema")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap(),
+            "v",
+        );
+        assert_eq!(version, 2);
+        let t = &r.run.trigger;
+        sqlx::query(
+            "INSERT INTO runs (id, forge, repo, pipeline, name, event, git_ref, branch, sha, \
+             pr_number, trigger_json, state, reason, cancel_requested, created_at, started_at, \
+             finished_at, updated_at) VALUES ($1, 'github', $2, '.gantry.yaml', 'ci', 'push', \
+             $3, 'main', $4, NULL, $5, 'failure', 'build failed', 0, $6, $6, $6, $6)",
+        )
+        .bind(r.run.id.to_string())
+        .bind(t.repo.full_name.clone())
+        .bind(t.git_ref.clone())
+        .bind(t.sha.clone())
+        .bind(serde_json::to_string(t).unwrap())
+        .bind(at)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO jobs (id, attempt, run_id, repo_key, name, position, is_latest, needs, \
+             spec, retries_left, allow_failure, run_if, state, reason, created_at, queued_at, \
+             started_at, finished_at, updated_at) VALUES ($1, 1, $2, 'github:acme/app', \
+             'build', 0, 1, '[]', $3, 0, 0, 'success', 'failure', 'step test failed', $4, $4, \
+             $4, $4, $4)",
+        )
+        .bind(old.id.to_string())
+        .bind(r.run.id.to_string())
+        .bind(serde_json::to_string(&old.spec).unwrap())
+        .bind(at)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        for (idx, name, state, exit_code, reason) in [
+            (0, "build", "success", Some(0), None),
+            (1, "test", "failure", Some(2), Some("2 tests failed")),
+        ] {
+            sqlx::query(
+                "INSERT INTO steps (job_id, attempt, idx, run_id, name, state, exit_code, \
+                 reason, started_at, finished_at) VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $8)",
+            )
+            .bind(old.id.to_string())
+            .bind(idx as i64)
+            .bind(r.run.id.to_string())
+            .bind(name)
+            .bind(state)
+            .bind(exit_code.map(i64::from))
+            .bind(reason)
+            .bind(at)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        <sqlx::AnyConnection as sqlx::Connection>::close(conn)
+            .await
+            .unwrap();
+    }
+
+    let db = db.open().await;
+    let store = &db.store;
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let loaded = store.get_run(r.run.id).await.unwrap().unwrap();
+    assert_eq!(loaded.run.trigger, r.run.trigger);
+    assert_eq!(
+        (loaded.run.state, loaded.reason.as_deref()),
+        (State::Failure, Some("build failed"))
+    );
+    let j = &loaded.run.jobs[0];
+    assert_eq!(
+        (j.id, j.name.as_str(), j.state),
+        (old.id, "build", State::Failure)
+    );
+    assert_eq!(j.spec, old.spec);
+    let steps: Vec<_> = j
+        .steps
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.state,
+                s.exit_code,
+                s.reason.as_deref(),
+                s.summary.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("build", State::Success, Some(0), None, None),
+            (
+                "test",
+                State::Failure,
+                Some(2),
+                Some("2 tests failed"),
+                None
+            ),
+        ]
+    );
+    assert_eq!(
+        j.steps[1].finished_at.map(|t| t.to_rfc3339()),
+        Some("2026-01-02T03:04:05+00:00".into())
+    );
+
+    // The new column takes summaries for the old rows.
+    let mut tx = store.begin().await.unwrap();
+    tx.set_step_state(
+        old.id,
+        1,
+        0,
+        State::Success,
+        None,
+        None,
+        Some("pushed digest sha256:feed"),
+        gantry_core::now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let j = store.get_job(old.id, None).await.unwrap().unwrap();
+    assert_eq!(
+        j.steps[0].summary.as_deref(),
+        Some("pushed digest sha256:feed")
+    );
+    assert_eq!(j.steps[1].reason.as_deref(), Some("2 tests failed"));
 }

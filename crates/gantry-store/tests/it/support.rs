@@ -9,12 +9,28 @@ pub struct TestDb {
     _dir: Option<tempfile::TempDir>,
 }
 
-pub async fn sqlite() -> TestDb {
+/// A database nobody has opened yet (for tests that build an older schema first): its URL, and
+/// the directory a SQLite file lives in, kept as long as this value.
+pub struct EmptyDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl EmptyDb {
+    pub async fn open(self) -> TestDb {
+        let store = Store::open(&self.url).await.unwrap();
+        TestDb {
+            store,
+            url: self.url,
+            _dir: self._dir,
+        }
+    }
+}
+
+pub async fn sqlite_empty() -> EmptyDb {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/data/gantry.db", dir.path().display());
-    let store = Store::open(&url).await.unwrap();
-    TestDb {
-        store,
+    EmptyDb {
         url,
         _dir: Some(dir),
     }
@@ -23,12 +39,15 @@ pub async fn sqlite() -> TestDb {
 /// A new, empty database on the test server, so tests never see each other's rows. The
 /// PostgreSQL half of the suite must not pass silently without a server: it fails and says how
 /// to get one.
-pub async fn postgres() -> TestDb {
+pub async fn postgres_empty() -> EmptyDb {
     let url = gantry_store::testing::fresh_postgres_database().await;
-    let store = Store::open(&url).await.unwrap();
-    TestDb {
-        store,
-        url,
-        _dir: None,
-    }
+    EmptyDb { url, _dir: None }
+}
+
+pub async fn sqlite() -> TestDb {
+    sqlite_empty().await.open().await
+}
+
+pub async fn postgres() -> TestDb {
+    postgres_empty().await.open().await
 }
