@@ -71,12 +71,9 @@ pub(crate) async fn notify(
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
     let patch = serde_json::json!({ "metadata": { "annotations": { FLUX_REQUESTED_AT: now } } });
     let params = PatchParams::default();
+    let patch = Patch::Merge(&patch);
     // A merge patch that sets one value: the same twice is harmless.
-    match crate::api::retry(timings, || {
-        api.patch(&flux.name, &params, &Patch::Merge(&patch))
-    })
-    .await
-    {
+    match crate::api::retry(timings, || api.patch(&flux.name, &params, &patch)).await {
         Ok(_) => Ok(format!(
             "told Flux to reconcile GitRepository {}/{} now",
             flux.namespace, flux.name

@@ -801,9 +801,10 @@ impl Runner {
                     self.drain(log).await;
                 }
                 if outcome.state == State::Success
-                    && let StepKind::Gitops(g) = &self.job.spec.steps[i].kind
+                    && let gantry_core::StepKind::Gitops(g) = &self.job.spec.steps[i].kind
                 {
-                    self.tell_agents(i, &g.repo).await;
+                    let repo = g.repo.clone();
+                    self.tell_agents(i, &repo).await;
                 }
                 self.send(JobEventKind::StepFinished { step: i, outcome })
                     .await;

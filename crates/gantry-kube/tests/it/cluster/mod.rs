@@ -11,6 +11,7 @@
 //! other's pods (the sweeper would take them for orphans).
 
 mod autoscaler;
+mod delivery;
 mod jobs;
 mod quota;
 mod rbac;

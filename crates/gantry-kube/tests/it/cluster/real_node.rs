@@ -152,7 +152,12 @@ pub fn node_config(namespace: &str, node: &RealNode) -> KubeConfig {
     config
 }
 
-async fn backend(c: &Cluster, config: KubeConfig, node: &RealNode, login: bool) -> KubeBackend {
+pub(super) async fn backend(
+    c: &Cluster,
+    config: KubeConfig,
+    node: &RealNode,
+    login: bool,
+) -> KubeBackend {
     let creds: Option<Arc<dyn CloneCredentials>> = login.then(|| {
         Arc::new(GitLogin {
             username: node.git_user.clone(),
@@ -195,7 +200,7 @@ pub fn job(node: &RealNode, url: &str, sha: &str, steps: &[&str]) -> JobRequest 
 }
 
 /// Log lines of step `step`, in order.
-fn lines(events: &[JobEventKind], step: usize) -> Vec<String> {
+pub(super) fn lines(events: &[JobEventKind], step: usize) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -205,7 +210,7 @@ fn lines(events: &[JobEventKind], step: usize) -> Vec<String> {
         .collect()
 }
 
-fn finished(events: &[JobEventKind]) -> (State, String) {
+pub(super) fn finished(events: &[JobEventKind]) -> (State, String) {
     match events.last() {
         Some(JobEventKind::Finished { state, reason }) => {
             (*state, reason.clone().unwrap_or_default())
