@@ -104,6 +104,10 @@ pub fn document() -> Value {
                         "status": { "$ref": "#/components/schemas/State" },
                         "exit_code": { "type": ["integer", "null"] },
                         "reason": opt_str,
+                        "summary": {
+                            "type": ["string", "null"],
+                            "description": "What the step produced, in a line or a few: the digest a kaniko step pushed, a trivy scan's findings, the commit a gitops step pushed. Null when it said nothing; at most 4 KiB (longer ones are cut, ending with a line that says so)."
+                        },
                         "started_at": opt_ts,
                         "finished_at": opt_ts
                     },

@@ -59,6 +59,8 @@ pub struct StepView {
     pub status: State,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
+    /// What the step produced, in a line or a few (a pushed digest, a scan's findings).
+    pub summary: Option<String>,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
 }
@@ -71,6 +73,7 @@ impl From<&Step> for StepView {
             status: s.state,
             exit_code: s.exit_code,
             reason: s.reason.clone(),
+            summary: s.summary.clone(),
             started_at: s.started_at,
             finished_at: s.finished_at,
         }

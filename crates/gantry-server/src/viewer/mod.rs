@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use gantry_core::{Job, JobId, RunId, State as RunState};
+use gantry_core::{Job, JobId, RunId, State as RunState, Step};
 use gantry_store::{Page, RunFilter, RunRecord};
 use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
@@ -423,7 +423,9 @@ async fn run_page(
                 dur = live_duration(s.started_at, s.finished_at, &of),
             );
         }
-        body.push_str("</ol></li>");
+        body.push_str("</ol>");
+        body.push_str(&summaries(&jid, &job.steps));
+        body.push_str("</li>");
     }
     body.push_str("</ul></section>");
     page(
@@ -431,6 +433,58 @@ async fn run_page(
         &body,
     )
     .into_response()
+}
+
+/// The steps of a job that said what they produced, as `<dl class="summaries">` (step name,
+/// then its summary, line breaks kept by the style sheet). Empty and hidden when none did: the
+/// page script adds a step's entry when it ends with a summary while the page is open.
+fn summaries(jid: &str, steps: &[Step]) -> String {
+    let mut out = String::new();
+    let mut any = false;
+    for s in steps {
+        let Some(summary) = s.summary.as_deref().filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        any = true;
+        let _ = write!(
+            out,
+            r#"<div data-step="{i}"><dt>{name}</dt><dd data-summary-of="{jid}:{i}">{text}</dd></div>"#,
+            i = s.index,
+            name = esc(&s.name),
+            text = esc(summary),
+        );
+    }
+    format!(
+        r#"<dl class="summaries" data-summaries-of="{jid}"{hidden}>{out}</dl>"#,
+        hidden = if any { "" } else { " hidden" },
+    )
+}
+
+/// How a failed step failed, for its row on the job page: "exit code 3 · timed out after 5m".
+/// Empty (and hidden) for a step that did not fail; the page script fills it when one does.
+fn outcome(s: &Step, of: &str) -> String {
+    let text = outcome_text(s);
+    format!(
+        r#" <span class="step-outcome" data-outcome-of="{of}"{hidden}>{text}</span>"#,
+        of = esc(of),
+        hidden = if text.is_empty() { " hidden" } else { "" },
+        text = esc(&text),
+    )
+}
+
+/// Kept the same as `outcomeText` in gantry.js, which updates it live.
+fn outcome_text(s: &Step) -> String {
+    if !matches!(s.state, RunState::Failure | RunState::Error) {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    if let Some(code) = s.exit_code {
+        parts.push(format!("exit code {code}"));
+    }
+    if let Some(reason) = s.reason.as_deref().filter(|r| !r.is_empty()) {
+        parts.push(reason.to_owned());
+    }
+    parts.join(" · ")
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -544,7 +598,7 @@ async fn job_page(
         let _ = write!(
             body,
             r#"<details class="step" id="step-{i}" data-step="{i}" data-log="{log}" data-state="{st}">
-<summary>{badge}<span class="step-name">{name}</span> {dur}</summary>
+<summary>{badge}<span class="step-name">{name}</span> {dur}{outcome}</summary>
 <div class="log-tools">
 <label class="follow"><input type="checkbox" class="follow-toggle" checked> Follow</label>
 <form class="search" role="search"><input type="search" name="q" placeholder="Search this log" aria-label="Search this log"><button type="submit">Search</button></form>
@@ -558,6 +612,18 @@ async fn job_page(
             badge = badge(s.state, &of),
             name = esc(&s.name),
             dur = live_duration(s.started_at, s.finished_at, &of),
+            outcome = outcome(s, &of),
+        );
+        // After the step's box, not in its <summary>: shown while the step is closed, and
+        // selectable (a digest to copy) without a click that toggles the step.
+        let summary = s.summary.as_deref().unwrap_or("");
+        let _ = write!(
+            body,
+            r#"<div class="step-summary" role="note" aria-label="what {name} produced" data-summary-of="{of}"{hidden}>{text}</div>"#,
+            of = esc(&of),
+            name = esc(&s.name),
+            hidden = if summary.is_empty() { " hidden" } else { "" },
+            text = esc(summary),
         );
     }
     body.push_str("</section>");

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use gantry_core::State;
+use gantry_core::{State, StepOutcome};
 use serde_json::json;
 
 use crate::support::{Harness, MULTI_SECRET, Proxy, SECRET, TOKEN};
@@ -303,5 +303,86 @@ async fn the_viewer_in_chromium_lists_runs_tails_live_logs_across_a_reconnect_an
     if let Ok(png) = c.screenshot().await {
         let _ = std::fs::write(std::env::temp_dir().join("gantry-viewer-phone.png"), png);
     }
+    c.close().await.unwrap();
+}
+
+/// A step that ends while its run's page or its job's page is open shows what it produced and
+/// how it failed there within a poll, as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summaries_and_failures_appear_live_on_the_open_pages() {
+    let h = Harness::new(false).await;
+    let run = h.push("main", "live summaries").await;
+    let base = format!("http://{}", h.serve().await);
+    let (_driver, c) = browser().await;
+    let a = h.attempt("build").await;
+    let job = a.job;
+    a.started().await;
+    a.step_started(0).await;
+    c.goto(&format!("{base}/runs/{run}")).await.unwrap();
+    let digest = "pushed digest sha256:0123abcd\n<b>not bold</b>";
+    a.step_ended(
+        0,
+        StepOutcome {
+            state: State::Success,
+            exit_code: Some(0),
+            reason: None,
+            summary: Some(digest.into()),
+        },
+    )
+    .await;
+    let entry = format!(
+        "const d = document.querySelector('dl.summaries[data-summaries-of=\"{job}\"] dd[data-summary-of=\"{job}:0\"]'); \
+         return !!d && d.textContent === arguments[0] && d.children.length === 0 \
+         && !d.closest('dl').hidden && d.previousElementSibling.textContent === 'compile' \
+         && d.getBoundingClientRect().height > 0;"
+    );
+    for _ in 0..200 {
+        if c.execute(&entry, vec![json!(digest)]).await.unwrap() == json!(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        c.execute(&entry, vec![json!(digest)]).await.unwrap(),
+        json!(true),
+        "the run page lists the summary, as text: {}",
+        c.source().await.unwrap_or_default()
+    );
+
+    a.step_started(1).await;
+    c.goto(&format!("{base}/runs/{run}/jobs/{job}"))
+        .await
+        .unwrap();
+    let shown = format!(
+        "const s = document.querySelector('.step-summary[data-summary-of=\"{job}:0\"]'); \
+         return !!s && !s.hidden && s.textContent === arguments[0] && s.children.length === 0 \
+         && getComputedStyle(s).whiteSpace === 'pre-wrap';"
+    );
+    assert_eq!(
+        c.execute(&shown, vec![json!(digest)]).await.unwrap(),
+        json!(true),
+        "the job page shows it beside the step, line break kept"
+    );
+    a.step_ended(
+        1,
+        StepOutcome {
+            state: State::Failure,
+            exit_code: Some(2),
+            reason: Some("2 tests <failed>".into()),
+            summary: Some("FAIL: parser".into()),
+        },
+    )
+    .await;
+    wait_js(
+        &c,
+        &format!(
+            "const o = document.querySelector('[data-outcome-of=\"{job}:1\"]'); \
+             const s = document.querySelector('.step-summary[data-summary-of=\"{job}:1\"]'); \
+             return !!o && !o.hidden && o.textContent === 'exit code 2 · 2 tests <failed>' \
+             && !!s && !s.hidden && s.textContent === 'FAIL: parser';"
+        ),
+        "the failed step's exit code, reason and summary",
+    )
+    .await;
     c.close().await.unwrap();
 }

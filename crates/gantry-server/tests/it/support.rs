@@ -89,6 +89,11 @@ impl Attempt {
         self.send(JobEventKind::StepFinished { step, outcome })
             .await;
     }
+    /// A step's end as the backend tells it: state, exit code, reason and summary.
+    pub async fn step_ended(&self, step: usize, outcome: StepOutcome) {
+        self.send(JobEventKind::StepFinished { step, outcome })
+            .await;
+    }
     pub async fn finished(&self, state: State) {
         self.send(JobEventKind::Finished {
             state,

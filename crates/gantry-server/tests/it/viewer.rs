@@ -1,4 +1,5 @@
-use gantry_core::State;
+use gantry_core::{State, StepOutcome};
+use serde_json::Value;
 
 use crate::support::Harness;
 
@@ -118,4 +119,100 @@ async fn assets_are_served_under_urls_that_change_with_their_content() {
             .collect();
         assert_eq!(&url[prefix.len()..], digest, "{url} names its content");
     }
+}
+
+/// What a step produced shows with it: on the run page under its job (only the steps that said
+/// something), on the job page beside the step, and in the API; always as text, never markup.
+/// The job page also says how a failed step failed (exit code and reason).
+#[tokio::test]
+async fn step_summaries_show_on_the_run_and_job_pages_as_text() {
+    let h = Harness::new(false).await;
+    let run = h.push("main", "summaries").await;
+    let a = h.attempt("build").await;
+    let digest = "pushed digest sha256:0123abcd\n<script>alert(\"x\")</script> & co";
+    a.started().await;
+    a.step_started(0).await;
+    a.step_ended(
+        0,
+        StepOutcome {
+            state: State::Success,
+            exit_code: Some(0),
+            reason: None,
+            summary: Some(digest.into()),
+        },
+    )
+    .await;
+    a.step_started(1).await;
+    a.step_ended(
+        1,
+        StepOutcome {
+            state: State::Failure,
+            exit_code: Some(3),
+            reason: Some("timed out <after> 5m".into()),
+            summary: None,
+        },
+    )
+    .await;
+    a.finished(State::Failure).await;
+    h.wait_run_state(run, State::Failure).await;
+    let record = h.engine.get_run(run).await.unwrap().unwrap();
+    let deploy = record.run.jobs.iter().find(|j| j.name == "deploy").unwrap();
+    let (job, deploy) = (a.job, deploy.id);
+    let escaped =
+        "pushed digest sha256:0123abcd\n&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; co";
+
+    let (status, html) = h.get(&format!("/runs/{run}"), None).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(&format!(
+            r#"<dl class="summaries" data-summaries-of="{job}"><div data-step="0"><dt>compile</dt><dd data-summary-of="{job}:0">{escaped}</dd></div></dl>"#
+        )),
+        "the build's one summary, escaped, its line break kept: {html}"
+    );
+    assert!(
+        html.contains(&format!(
+            r#"<dl class="summaries" data-summaries-of="{deploy}" hidden></dl>"#
+        )),
+        "a job whose steps said nothing lists nothing"
+    );
+    assert!(!html.contains("<script>alert"), "a summary is never markup");
+
+    let (status, page) = h.get(&format!("/runs/{run}/jobs/{job}"), None).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&format!(
+            r#"aria-label="what compile produced" data-summary-of="{job}:0">{escaped}</div>"#
+        )),
+        "beside the step: {page}"
+    );
+    assert!(
+        page.contains(&format!(r#"data-summary-of="{job}:1" hidden></div>"#)),
+        "a step without a summary shows none"
+    );
+    assert!(!page.contains("<script>alert"), "a summary is never markup");
+    assert!(
+        page.contains(&format!(
+            r#"<span class="step-outcome" data-outcome-of="{job}:1">exit code 3 · timed out &lt;after&gt; 5m</span>"#
+        )),
+        "how the failed step failed"
+    );
+    assert!(
+        page.contains(&format!(
+            r#"<span class="step-outcome" data-outcome-of="{job}:0" hidden></span>"#
+        )),
+        "nothing for a step that succeeded"
+    );
+
+    let (status, body) = h.get(&format!("/api/v1/runs/{run}"), None).await;
+    assert_eq!(status, 200);
+    let api: Value = serde_json::from_str(&body).unwrap();
+    let build = api["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "build")
+        .unwrap();
+    assert_eq!(build["steps"][0]["summary"], Value::from(digest));
+    assert_eq!(build["steps"][1]["summary"], Value::Null, "present, null");
+    assert_eq!(build["steps"][1]["reason"], "timed out <after> 5m");
 }

@@ -384,6 +384,44 @@
       }
     });
   }
+  // How a failed step failed: kept the same as outcome_text in viewer/mod.rs.
+  function outcomeText(s) {
+    if (s.status !== "failure" && s.status !== "error") return "";
+    const parts = [];
+    if (s.exit_code !== null && s.exit_code !== undefined) parts.push("exit code " + s.exit_code);
+    if (s.reason) parts.push(s.reason);
+    return parts.join(" · ");
+  }
+  // A step's outcome and summary as they change: text only (textContent), never markup.
+  function setOutcome(of, jobId, s) {
+    const outcome = outcomeText(s);
+    document.querySelectorAll('[data-outcome-of="' + of + '"]').forEach((el) => {
+      el.textContent = outcome;
+      el.hidden = !outcome;
+    });
+    const summary = s.summary || "";
+    let shown = document.querySelectorAll('[data-summary-of="' + of + '"]');
+    const list = document.querySelector('dl.summaries[data-summaries-of="' + jobId + '"]');
+    if (shown.length === 0 && summary && list) {
+      // The run page lists only the steps that said something: add this one in step order.
+      const entry = document.createElement("div");
+      entry.dataset.step = s.index;
+      const dt = document.createElement("dt");
+      dt.textContent = s.name;
+      const dd = document.createElement("dd");
+      dd.dataset.summaryOf = of;
+      entry.append(dt, dd);
+      const after = Array.from(list.children).find((e) => Number(e.dataset.step) > s.index);
+      list.insertBefore(entry, after || null);
+      shown = [dd];
+    }
+    shown.forEach((el) => {
+      el.textContent = summary;
+      if (el.tagName.toLowerCase() === "dd") el.parentElement.hidden = !summary;
+      else el.hidden = !summary;
+    });
+    if (list) list.hidden = !Array.from(list.children).some((e) => !e.hidden);
+  }
   function setTimes(of, started, finished) {
     document.querySelectorAll('[data-duration-of="' + of + '"]').forEach((el) => {
       el.dataset.started = started || "";
@@ -398,12 +436,22 @@
         const run = await r.json();
         setStatus(runId, run.status);
         setTimes(runId, run.started_at, run.finished_at);
+        const latest = new Map();
+        for (const job of run.jobs || []) {
+          const seen = latest.get(job.id);
+          if (!seen || seen.attempt < job.attempt) latest.set(job.id, job);
+        }
         for (const job of run.jobs || []) {
           setStatus(job.id, job.status);
           setTimes(job.id, job.started_at, job.finished_at);
+          // The attempt this page shows: the job page's own, else the latest.
+          const shown = steps && steps.dataset.job === job.id
+            ? String(job.attempt) === steps.dataset.attempt
+            : latest.get(job.id) === job;
           for (const s of job.steps) {
             setStatus(job.id + ":" + s.index, s.status);
             setTimes(job.id + ":" + s.index, s.started_at, s.finished_at);
+            if (shown) setOutcome(job.id + ":" + s.index, job.id, s);
             if (steps && steps.dataset.job === job.id && String(job.attempt) === steps.dataset.attempt) {
               const d = document.getElementById("step-" + s.index);
               if (d && d.dataset.state !== s.status) {
