@@ -1,6 +1,7 @@
 //! System tests: the real `gantry` binary, run as a user would, against real git repositories.
 
 mod chart;
+mod delivery_chain;
 mod cli_lint;
 mod cli_run;
 mod examples;

@@ -205,45 +205,10 @@ pub fn dockerfile(base: &str, planted: bool) -> String {
     text
 }
 
-/// The scan tests' vulnerability database (fixture YAML in the shape of Trivy's own
-/// integration fixtures), for Debian 12: CVE-2099-1001 HIGH in `gantry-planted`, fixed in
+/// The scan tests' vulnerability database (tests/cluster/delivery/trivy-db.yaml):
+/// for Debian 12: CVE-2099-1001 HIGH in `gantry-planted`, fixed in
 /// 1.0-2; CVE-2099-1002 MEDIUM in `gantry-unfixed`, no fix yet.
-pub const FIXTURE: &str = r#"- bucket: data-source
-  pairs:
-    - key: debian 12
-      value:
-        ID: debian
-        Name: Debian Security Tracker
-        URL: https://salsa.debian.org/security-tracker-team/security-tracker
-- bucket: debian 12
-  pairs:
-    - bucket: gantry-planted
-      pairs:
-        - key: CVE-2099-1001
-          value:
-            FixedVersion: 1.0-2
-    - bucket: gantry-unfixed
-      pairs:
-        - key: CVE-2099-1002
-          value:
-            Status: 2
-- bucket: vulnerability
-  pairs:
-    - key: CVE-2099-1001
-      value:
-        Title: planted high
-        Description: A HIGH advisory planted by Gantry's tests.
-        Severity: HIGH
-        VendorSeverity:
-          debian: 3
-    - key: CVE-2099-1002
-      value:
-        Title: planted medium without a fix
-        Description: A MEDIUM advisory without a fix, planted by Gantry's tests.
-        Severity: MEDIUM
-        VendorSeverity:
-          debian: 2
-"#;
+pub const FIXTURE: &str = include_str!("../../../../../tests/cluster/delivery/trivy-db.yaml");
 
 /// Builds the database from [`FIXTURE`] and pushes it to the node's registry as the OCI
 /// artifact Trivy's `--db-repository` pulls; returns that reference.
