@@ -45,13 +45,13 @@ exit "$gate"
 /// The summary template: the counts by severity over every finding, then one line per
 /// finding, most severe first (the kubelet keeps the first 4 KiB of a termination message).
 pub const TEMPLATE: &str = concat!(
+    r#"{{- $results := . -}}"#,
     r#"{{- $c := dict "CRITICAL" 0 "HIGH" 0 "MEDIUM" 0 "LOW" 0 "UNKNOWN" 0 -}}"#,
     r#"{{- range . }}{{ range .Vulnerabilities }}{{ $_ := set $c .Severity (add1 (get $c .Severity)) }}{{ end }}{{ end -}}"#,
     r#"gantry:trivy CRITICAL={{ get $c "CRITICAL" }} HIGH={{ get $c "HIGH" }} MEDIUM={{ get $c "MEDIUM" }} LOW={{ get $c "LOW" }} UNKNOWN={{ get $c "UNKNOWN" }}"#,
     "\n",
-    r#"{{- $results := . }}{{ range $s := list "CRITICAL" "HIGH" "MEDIUM" "LOW" "UNKNOWN" }}{{ range $results }}{{ range .Vulnerabilities }}{{ if eq .Severity $s }}"#,
-    r#"{{ .Severity }}	{{ .VulnerabilityID }}	{{ .PkgName }}	{{ .InstalledVersion }}	{{ .FixedVersion }}"#,
-    "\n",
+    r#"{{ range $s := list "CRITICAL" "HIGH" "MEDIUM" "LOW" "UNKNOWN" }}{{ range $results }}{{ range .Vulnerabilities }}{{ if eq .Severity $s }}"#,
+    "{{ .Severity }}\t{{ .VulnerabilityID }}\t{{ .PkgName }}\t{{ .InstalledVersion }}\t{{ .FixedVersion }}\n",
     r#"{{ end }}{{ end }}{{ end }}{{ end -}}"#,
 );
 

@@ -75,6 +75,14 @@ impl ConfigRepo {
             .map(str::to_owned)
             .collect()
     }
+
+    /// The whole message of the `n`th commit from main's tip.
+    fn message(&self, n: usize) -> String {
+        git(
+            &self.bare(),
+            &["log", "-1", "--format=%B", &format!("main~{n}")],
+        )
+    }
 }
 
 fn bump_job(gitops: GitopsStep) -> (JobRequest, Repo) {
@@ -112,17 +120,27 @@ async fn gitops_bumps_a_kustomization_tag_and_pushes() {
             .replace("newTag: \"0.9.0\"", "newTag: \"abc123\"")
             .trim_end()
     );
-    assert_eq!(
-        config.subjects()[0],
-        format!("gantry: bump registry.example.com/app to abc123 (run {run_id})")
+    assert_eq!(config.subjects()[0], "Set registry.example.com/app:abc123");
+    let body = config.message(0);
+    assert!(
+        body.contains(&format!("(gantry run {run_id})")),
+        "the message names the run: {body}"
     );
-    assert!(events.says("pushed registry.example.com/app = abc123"));
+    assert!(events.says("to main (overlays/prod: registry.example.com/app at abc123)"));
+    let summary = events.outcome(0).summary.unwrap_or_default();
+    assert!(summary.starts_with("pushed "), "{summary}");
 
     // The same tag again changes nothing and pushes nothing.
     let (job, _app) = bump_job(kustomize_bump(&config, "abc123"));
     let events = run_job(&backend, job).await;
     assert_eq!(events.finished(), (State::Success, None));
-    assert!(events.says("nothing to push"));
+    assert!(events.says("nothing to commit"));
+    assert!(
+        events
+            .outcome(0)
+            .summary
+            .is_some_and(|s| s.contains("already at abc123"))
+    );
     assert_eq!(config.subjects().len(), 2);
 }
 
@@ -193,7 +211,10 @@ async fn gitops_retries_when_someone_pushed_first() {
             .contains("newTag: \"def456\"")
     );
     let subjects = config.subjects();
-    assert!(subjects[0].starts_with("gantry: bump"), "{subjects:?}");
+    assert!(
+        subjects[0].starts_with("Set registry.example.com/app:"),
+        "{subjects:?}"
+    );
     assert_eq!(subjects[1], "theirs");
 }
 

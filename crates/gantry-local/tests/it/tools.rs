@@ -61,7 +61,9 @@ async fn tools_on_path_run_with_arguments_from_the_step() {
     let (backend, _root) = backend();
     let bin = tempfile::tempdir().unwrap();
     tool(bin.path(), "executor", r#"echo "executor $*""#);
-    tool(bin.path(), "trivy", r#"echo "trivy $*"; exit 1"#);
+    // Trivy as the step drives it: a scan into a JSON report, then `convert` for the gate
+    // (exit 3: findings) and for the summary (written where `--output` says).
+    tool(bin.path(), "trivy", FAKE_TRIVY);
     let mut job = request(
         &repo.url(),
         &sha,
@@ -82,10 +84,61 @@ async fn tools_on_path_run_with_arguments_from_the_step() {
         "{build:?}"
     );
     assert_eq!(events.outcome(0).state, State::Success);
-    assert_eq!(
-        events.texts(1, Stream::Stdout),
-        ["trivy image --exit-code 1 --severity CRITICAL,HIGH registry.example.com/app:abc"]
+    let calls = events.texts(1, Stream::Stdout);
+    // (The third call's template has line breaks: it prints on several lines.)
+    assert!(
+        calls.len() >= 3 && calls[2].starts_with("trivy convert --format template --template "),
+        "{calls:?}"
     );
-    assert_eq!(events.outcome(1).state, State::Failure);
-    assert_eq!(events.outcome(1).exit_code, Some(1));
+    assert!(
+        calls[0].starts_with("trivy image --format json --output /")
+            && calls[0].ends_with(" --scanners vuln --no-progress registry.example.com/app:abc"),
+        "{calls:?}"
+    );
+    assert!(
+        calls[1]
+            .starts_with("trivy convert --format table --exit-code 3 --severity CRITICAL,HIGH /"),
+        "{calls:?}"
+    );
+    let scan = events.outcome(1);
+    assert_eq!(scan.state, State::Failure);
+    assert_eq!(scan.exit_code, Some(gantry_core::trivy::FINDINGS_EXIT_CODE));
+    assert_eq!(
+        scan.reason.as_deref(),
+        Some("vulnerabilities found at CRITICAL, HIGH")
+    );
+    assert_eq!(
+        scan.summary.as_deref(),
+        Some("1 HIGH\nHIGH CVE-2099-1 in zlib 1.2 (fixed in 1.3)")
+    );
+}
+
+/// `trivy` as the step calls it: `image … --output FILE` writes an (empty) report and exits
+/// `$FAKE_SCAN_EXIT` (0), `convert --format table` exits 3 (findings), `convert --format
+/// template … --output FILE` writes a summary with one HIGH finding.
+const FAKE_TRIVY: &str = r#"echo "trivy $*"
+out= prev=
+for a in "$@"; do [ "$prev" = --output ] && out=$a; prev=$a; done
+case "$1 $*" in
+  image*) echo '{}' > "$out"; exit "${FAKE_SCAN_EXIT:-0}" ;;
+  *"--format table"*) exit 3 ;;
+  *"--format template"*) printf 'gantry:trivy CRITICAL=0 HIGH=1 MEDIUM=0 LOW=0 UNKNOWN=0\nHIGH\tCVE-2099-1\tzlib\t1.2\t1.3\n' > "$out" ;;
+esac"#;
+
+#[tokio::test]
+async fn a_scanner_error_is_not_reported_as_findings() {
+    let (repo, sha) = any_repo();
+    let (backend, _root) = backend();
+    let bin = tempfile::tempdir().unwrap();
+    tool(bin.path(), "trivy", FAKE_TRIVY);
+    let mut job = request(&repo.url(), &sha, vec![step("scan", trivy())]);
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+    job.spec.env = BTreeMap::from([("PATH".into(), path), ("FAKE_SCAN_EXIT".into(), "1".into())]);
+    let events = run_job(&backend, job).await;
+    let scan = events.outcome(0);
+    assert_eq!(scan.state, State::Failure);
+    assert_eq!(scan.exit_code, Some(1));
+    let why = scan.reason.unwrap_or_default();
+    assert!(why.contains("scanner error"), "{why}");
+    assert_eq!(scan.summary, None);
 }
