@@ -6,8 +6,9 @@
 //! `flux reconcile source git NAME` sets (fluxcd/pkg `meta.ReconcileRequestAnnotation`): the
 //! source-controller fetches at once, and the Kustomizations on that source apply the new
 //! revision as soon as it is there. Gantry's service account needs `patch` on
-//! `gitrepositories.source.toolkit.fluxcd.io` in that namespace (the chart's
-//! `gitops.flux` values grant it).
+//! `gitrepositories.source.toolkit.fluxcd.io` in that namespace (the Helm chart grants exactly
+//! that, limited to the named GitRepositories, for each `config.kubernetes.gitops_agents`
+//! entry).
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;

@@ -1,6 +1,8 @@
 //! Gantry with a ServiceAccount token bound to exactly the Role the Helm chart renders
 //! (`helm template charts/gantry`): everything the backend does is allowed, and a request
-//! outside the Role is denied by the real RBAC authorizer.
+//! outside the Role is denied by the real RBAC authorizer. With Flux agents in the values
+//! (`config.kubernetes.gitops_agents`), the Role the chart renders in the Flux namespace lets
+//! Gantry patch exactly the named GitRepositories.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -10,6 +12,9 @@ use gantry_core::{Backend, JobId, RunId};
 use gantry_engine::SecretValues;
 use gantry_kube::{JobRegistry, KubeBackend, KubeSecretValues, names};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -57,6 +62,8 @@ struct ChartAccount {
     build_ns: String,
     release_ns: String,
     role: Role,
+    /// Everything the chart rendered, one JSON value per document.
+    docs: Vec<Value>,
 }
 
 /// The chart's ServiceAccount, build-namespace Role and RoleBinding (rendered with `sets`),
@@ -125,6 +132,7 @@ async fn chart_account(c: &super::Cluster, name: &str, sets: &[&str]) -> ChartAc
         build_ns,
         release_ns,
         role,
+        docs,
     }
 }
 
@@ -152,6 +160,7 @@ async fn the_charts_role_is_enough_and_nothing_more_is_allowed() {
         build_ns,
         release_ns,
         role,
+        ..
     } = chart_account(&c, "rbac", &[]).await;
 
     // Everything the backend does, as that account: watch and list pods, create a pod and
@@ -307,4 +316,160 @@ async fn granted_secrets_and_only_those_can_be_read_for_the_masker() {
             .list(&ListParams::default())
             .await,
     );
+}
+
+/// What `kubectl auth can-i VERB RESOURCE[/NAME] -n NAMESPACE` answers for the client's own
+/// account: a SelfSubjectAccessReview, decided by the API server's real RBAC authorizer.
+async fn can_i(
+    client: &kube::Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    name: Option<&str>,
+    namespace: &str,
+) -> bool {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_owned()),
+                group: Some(group.to_owned()),
+                resource: Some(resource.to_owned()),
+                name: name.map(str::to_owned),
+                namespace: Some(namespace.to_owned()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("every account may review its own access (system:basic-user)")
+        .status
+        .expect("a review has a status")
+        .allowed
+}
+
+/// With a Flux agent in the chart's values, Gantry's ServiceAccount may patch exactly that
+/// GitRepository (to set `reconcile.fluxcd.io/requestedAt` after a gitops push): not read it,
+/// not change it any other way, not touch another GitRepository, another Flux object or
+/// anything in another namespace. The authorizer decides on names, so the Flux CRDs need not be
+/// installed.
+#[tokio::test]
+async fn a_flux_agent_lets_gantry_patch_exactly_its_git_repository() {
+    let c = cluster();
+    let flux_ns = c.namespace("rbac-flux").await;
+    let repo = "config.kubernetes.gitops_agents[0].repo=https://git.example.com/acme/config.git";
+    let namespace = format!("config.kubernetes.gitops_agents[0].flux.namespace={flux_ns}");
+    let name = "config.kubernetes.gitops_agents[0].flux.name=config";
+    let account = chart_account(&c, "rbac-agents", &[repo, &namespace, name]).await;
+    let kind = |v: &Value| v["kind"].as_str().unwrap_or_default().to_owned();
+    let in_flux = |k: &str| {
+        let found: Vec<&Value> = account
+            .docs
+            .iter()
+            .filter(|d| kind(d) == k && d["metadata"]["namespace"] == flux_ns.as_str())
+            .collect();
+        assert_eq!(found.len(), 1, "one {k} in the Flux namespace: {found:?}");
+        found[0].clone()
+    };
+    let role: Role = serde_json::from_value(in_flux("Role")).unwrap();
+    let binding: RoleBinding = serde_json::from_value(in_flux("RoleBinding")).unwrap();
+    let subject = &binding.subjects.as_ref().unwrap()[0];
+    assert_eq!(
+        subject.namespace.as_deref(),
+        Some(account.release_ns.as_str())
+    );
+
+    let gantry = &account.gantry;
+    let (fns, bns, rns) = (
+        flux_ns.as_str(),
+        account.build_ns.as_str(),
+        account.release_ns.as_str(),
+    );
+    let flux = "source.toolkit.fluxcd.io";
+    let repos = "gitrepositories";
+    assert!(
+        !can_i(gantry, "patch", flux, repos, Some("config"), fns).await,
+        "nothing is allowed before the chart's Role is applied"
+    );
+    let admin = c.admin().await;
+    Api::<Role>::namespaced(admin.clone(), &flux_ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin, &flux_ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+
+    eventually("the Flux Role to take effect", || async {
+        can_i(gantry, "patch", flux, repos, Some("config"), fns)
+            .await
+            .then_some(())
+    })
+    .await;
+    for (verb, group, resource, name, ns, what) in [
+        ("get", flux, repos, Some("config"), fns, "read it"),
+        ("update", flux, repos, Some("config"), fns, "replace it"),
+        ("delete", flux, repos, Some("config"), fns, "delete it"),
+        (
+            "patch",
+            flux,
+            repos,
+            Some("other"),
+            fns,
+            "patch another GitRepository",
+        ),
+        ("patch", flux, repos, None, fns, "patch any GitRepository"),
+        ("list", flux, repos, None, fns, "list GitRepositories"),
+        ("watch", flux, repos, None, fns, "watch GitRepositories"),
+        ("create", flux, repos, None, fns, "create a GitRepository"),
+        (
+            "patch",
+            "kustomize.toolkit.fluxcd.io",
+            "kustomizations",
+            Some("config"),
+            fns,
+            "patch a Kustomization of that name",
+        ),
+        (
+            "patch",
+            "",
+            "secrets",
+            Some("config"),
+            fns,
+            "patch a Secret of that name",
+        ),
+        (
+            "get",
+            "",
+            "secrets",
+            None,
+            fns,
+            "read Secrets in the Flux namespace",
+        ),
+        (
+            "patch",
+            flux,
+            repos,
+            Some("config"),
+            bns,
+            "patch a GitRepository of that name in the build namespace",
+        ),
+        (
+            "patch",
+            flux,
+            repos,
+            Some("config"),
+            rns,
+            "patch one in Gantry's own namespace",
+        ),
+    ] {
+        assert!(
+            !can_i(gantry, verb, group, resource, name, ns).await,
+            "Gantry may not {what} ({verb} {resource} {name:?} in {ns})"
+        );
+    }
 }
