@@ -370,7 +370,7 @@ const KUBERNETES_KEYS: &[(&str, &str)] = &[
     ),
     (
         "gitops_agents",
-        "the GitOps agents that deploy from configuration repositories (`[[kubernetes.gitops_agents]]`: `repo`, `flux = { namespace, name }` of the GitRepository); after a `gitops` step pushes there, Gantry sets Flux's `reconcile.fluxcd.io/requestedAt` so the deploy starts at once instead of at the next poll; see docs/gitops.md",
+        "the GitOps agents that deploy from configuration repositories (`[[kubernetes.gitops_agents]]`: `repo`, `flux = { namespace, name }` of the GitRepository); after a `gitops` step pushes there, Gantry sets Flux's `reconcile.fluxcd.io/requestedAt` so the deploy starts at once instead of at the next poll (`namespace` defaults to `flux-system`; Gantry's ServiceAccount needs `patch` on that GitRepository, which the Helm chart grants for each `config.kubernetes.gitops_agents` entry); see docs/gitops.md",
     ),
     (
         "security",
