@@ -73,3 +73,31 @@ fn the_matrix_example_expands_as_documented() {
     assert_eq!(plan.jobs[4].needs.len(), 4);
     assert_eq!(plan.jobs[2].spec.image.as_deref(), Some("rust:1.95"));
 }
+
+/// The repository's own pipeline (`.gantry.yaml` at the root: Gantry's release) is clean too,
+/// and runs for `v*` tags and pushes to main, not for other branches or pull requests.
+#[test]
+fn the_repositorys_own_release_pipeline_lints_clean() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.gantry.yaml");
+    let source = std::fs::read_to_string(&path).expect(".gantry.yaml at the repository root");
+    let diagnostics = gantry_pipeline::lint(".gantry.yaml", &source);
+    assert!(
+        diagnostics.is_empty(),
+        "{}",
+        diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let pipeline = gantry_pipeline::parse(".gantry.yaml", &source).expect("parses");
+    use crate::support::{pull_request, push, tag};
+    assert!(pipeline.triggered_by(&tag("v1.2.0")));
+    assert!(pipeline.triggered_by(&push("main")));
+    assert!(!pipeline.triggered_by(&push("feature/x")));
+    assert!(!pipeline.triggered_by(&pull_request("feature/x", "main", false)));
+    let plan = crate::support::plan_for(&pipeline, &tag("v1.2.0"));
+    let names: Vec<&str> = plan.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["server-image", "helper-image", "publish"]);
+    assert!(plan.jobs.iter().all(|j| j.skipped.is_none()));
+}
