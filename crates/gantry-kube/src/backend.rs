@@ -533,9 +533,7 @@ impl Runner {
         let _ = self.events.send(event).await;
     }
 
-    /// A line from Gantry into a step's log. Numbered apart from the container's own lines
-    /// (which the log task numbers) only when the step has no stream yet.
-    /// After a `gitops` step pushed: the agents deploying from its repository reconcile now.
+    /// After a `gitops` step succeeded: the agents deploying from its repository reconcile now.
     async fn tell_agents(&mut self, step: usize, repo: &str) {
         let agents: Vec<_> = crate::agents::for_repo(&self.inner.config.gitops_agents, repo)
             .into_iter()
@@ -556,6 +554,8 @@ impl Runner {
         }
     }
 
+    /// A line from Gantry into a step's log. Numbered apart from the container's own lines
+    /// (which the log task numbers) only when the step has no stream yet.
     async fn system(&mut self, step: usize, text: String) {
         let number = self.numbers.entry(step).or_default();
         *number += 1;
