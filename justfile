@@ -57,11 +57,12 @@ test-all:
 check-chart:
     scripts/check-chart
 
-# Build (or reuse from the cache) the Kubernetes control plane, kubelet, etcd and kwok, and the
-# real node's containerd, for the tests.
+# Build (or reuse from the cache) the Kubernetes control plane, kubelet, etcd and kwok, the
+# real node's containerd, and the delivery chain's tools (Kaniko, Trivy, yq, Flux), for the tests.
 cluster-build:
     tests/cluster/build
     tests/cluster/node/build
+    tests/cluster/tools/build
 
 # The kwok Stages that play our pods, tested on their own.
 cluster-stage-tests: cluster-build
