@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::node::{bare_repo, git, kubectl, namespace, var};
-use crate::serve::{run_of, runs_of_delivery};
+use crate::serve::runs_of_delivery;
 use crate::server::{FakeGithub, Gantry, eventually, push_payload, send_push};
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
@@ -286,13 +286,7 @@ async fn deployed_digest(ns: &str, image: &str) -> String {
 }
 
 async fn final_run(gantry: &Gantry, id: &str) -> Value {
-    eventually(Duration::from_secs(300), "the run to finish", || async {
-        let run = run_of(gantry, id).await;
-        ["success", "failure", "cancelled", "error"]
-            .contains(&run["status"].as_str().unwrap_or(""))
-            .then_some(run)
-    })
-    .await
+    crate::serve::final_run_within(gantry, id, Duration::from_secs(300)).await
 }
 
 fn job<'a>(run: &'a Value, name: &str) -> &'a Value {

@@ -127,13 +127,7 @@ async fn push_one(node: &Node, ns: &str, steps: &[&str], env: &[(&str, &str)]) -
 }
 
 async fn final_run(gantry: &Gantry, id: &str) -> Value {
-    eventually(Duration::from_secs(120), "the run to finish", || async {
-        let run = run_of(gantry, id).await;
-        ["success", "failure", "cancelled", "error"]
-            .contains(&run["status"].as_str().unwrap_or(""))
-            .then_some(run)
-    })
-    .await
+    crate::serve::final_run_within(gantry, id, Duration::from_secs(120)).await
 }
 
 /// The text lines of step `step` of job `job` (an object of a run's `jobs`).

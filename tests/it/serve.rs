@@ -71,7 +71,12 @@ pub(crate) async fn runs_of_delivery(gantry: &Gantry, delivery: &str) -> Vec<Str
 }
 
 async fn final_run(gantry: &Gantry, id: &str) -> Value {
-    eventually(Duration::from_secs(90), "the run to finish", || async {
+    final_run_within(gantry, id, Duration::from_secs(90)).await
+}
+
+/// The run once it has ended, waiting up to `limit`.
+pub(crate) async fn final_run_within(gantry: &Gantry, id: &str, limit: Duration) -> Value {
+    eventually(limit, "the run to finish", || async {
         let run = run_of(gantry, id).await;
         let done = ["success", "failure", "cancelled", "error"]
             .contains(&run["status"].as_str().unwrap_or(""));

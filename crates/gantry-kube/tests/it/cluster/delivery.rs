@@ -28,7 +28,7 @@ use kube::api::{DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use tokio::sync::mpsc;
 
-use super::real_node::{RealNode, backend, finished, job, lines, node_config, real_node};
+use super::real_node::{RealNode, backend, finished, git, job, lines, node_config, real_node};
 use super::{Cluster, cluster, until_finished};
 use crate::backend::shape;
 
@@ -249,33 +249,6 @@ async fn run(backend: &KubeBackend, job: JobRequest) -> Vec<JobEventKind> {
     let (tx, mut rx) = mpsc::channel(1024);
     backend.start(job, tx).await.unwrap();
     until_finished(&mut rx).await
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=Gantry Test",
-            "-c",
-            "user.email=test@localhost",
-        ])
-        .args([
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// `path` of branch main of the bare repository at `bare`.
