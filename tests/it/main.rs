@@ -1,9 +1,9 @@
 //! System tests: the real `gantry` binary, run as a user would, against real git repositories.
 
 mod chart;
-mod delivery_chain;
 mod cli_lint;
 mod cli_run;
+mod delivery_chain;
 mod examples;
 mod node;
 mod real_node;
