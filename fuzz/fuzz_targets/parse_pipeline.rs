@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
                 trigger: &trigger,
                 run_id: RunId(Default::default()),
                 file: "fuzz.yaml",
+                run_url: Some("https://gantry.example.com/runs/0"),
             },
         );
         assert!(!plan.jobs.is_empty());
