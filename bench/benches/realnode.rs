@@ -30,7 +30,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::TryStreamExt;
@@ -45,37 +45,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-const SECRET: &str = "bench-realnode-secret";
-const ZERO: &str = "0000000000000000000000000000000000000000";
+#[path = "support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+use support::{
+    Gantry, Serve, ZERO, env_or, fake_github, get_json, ms, node_versions, now, push, repository,
+    rfc3339,
+};
 
 fn var(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).with_context(|| {
-        format!(
-            "{name} is not set: run this bench through scripts/bench (part `realnode`), which \
-             starts the test cluster with its real node"
-        )
-    })
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
-fn rfc3339(v: &Value) -> Option<f64> {
-    let t = chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok()?;
-    Some(t.timestamp() as f64 + f64::from(t.timestamp_subsec_nanos()) / 1e9)
+    support::var("realnode", name)
 }
 
 // ------------------------------------------------------------------ containerd's events
@@ -263,32 +244,6 @@ async fn until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T
     }
 }
 
-// ------------------------------------------------------------------ the repositories
-
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=Bench",
-            "-c",
-            "user.email=bench@example.com",
-        ])
-        .args([
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 fn pipeline(image: &str, job: &str, steps: usize) -> String {
     let mut text = format!("name: bench\njobs:\n  {job}:\n    image: {image}\n    steps:\n");
     for i in 0..steps {
@@ -297,139 +252,11 @@ fn pipeline(image: &str, job: &str, steps: usize) -> String {
     text
 }
 
-/// A private repository on the node's git server whose `main` has `commits` commits of the
-/// same pipeline; its bare directory and the commits, oldest first.
-fn repository(
-    root: &Path,
-    name: &str,
-    pipeline: &str,
-    commits: usize,
-) -> anyhow::Result<(PathBuf, Vec<String>)> {
-    let bare = root.join(format!("{name}.git"));
-    let _ = std::fs::remove_dir_all(&bare);
-    std::fs::create_dir_all(&bare)?;
-    git(&bare, &["init", "-q", "--bare"])?;
-    git(
-        &bare,
-        &["config", "uploadpack.allowReachableSHA1InWant", "true"],
-    )?;
-    let work = tempfile::tempdir()?;
-    git(work.path(), &["init", "-q"])?;
-    std::fs::write(work.path().join(".gantry.yaml"), pipeline)?;
-    let mut shas = Vec::with_capacity(commits);
-    for i in 0..commits {
-        std::fs::write(work.path().join("n.txt"), format!("{i}\n"))?;
-        git(work.path(), &["add", "-A"])?;
-        git(work.path(), &["commit", "-q", "-m", &format!("commit {i}")])?;
-        shas.push(git(work.path(), &["rev-parse", "HEAD"])?);
-    }
-    git(
-        work.path(),
-        &[
-            "push",
-            "-q",
-            bare.to_str().unwrap_or_default(),
-            "HEAD:refs/heads/main",
-        ],
-    )?;
-    Ok((bare, shas))
-}
-
-// ------------------------------------------------------------------ a fake GitHub
-
-/// `GET /repos/{owner}/{repo}/contents/{path}?ref=SHA` as GitHub documents it, read with git
-/// from the bare repository of `owner/repo`; `POST …/statuses/{sha}` answered 201.
-async fn fake_github(repos: HashMap<String, PathBuf>) -> anyhow::Result<String> {
-    use axum::extract::{Path as UrlPath, Query, State};
-    use axum::http::StatusCode;
-    type Repos = Arc<HashMap<String, PathBuf>>;
-    async fn contents(
-        State(repos): State<Repos>,
-        UrlPath((owner, repo, path)): UrlPath<(String, String, String)>,
-        Query(query): Query<HashMap<String, String>>,
-    ) -> (StatusCode, axum::Json<Value>) {
-        use base64::Engine as _;
-        let missing = (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({"message": "Not Found"})),
-        );
-        let Some(dir) = repos.get(&format!("{owner}/{repo}")) else {
-            return missing;
-        };
-        let sha = query.get("ref").cloned().unwrap_or_else(|| "HEAD".into());
-        let path = path.trim_matches('/').to_owned();
-        let spec = format!("{sha}:{path}");
-        let out = tokio::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["cat-file", "blob", &spec])
-            .output()
-            .await;
-        match out {
-            Ok(o) if o.status.success() => (
-                StatusCode::OK,
-                axum::Json(json!({
-                    "type": "file", "encoding": "base64",
-                    "name": path.rsplit('/').next().unwrap_or(&path), "path": path,
-                    "size": o.stdout.len(),
-                    "content": base64::engine::general_purpose::STANDARD.encode(&o.stdout),
-                })),
-            ),
-            _ => missing,
-        }
-    }
-    async fn status() -> (StatusCode, axum::Json<Value>) {
-        (StatusCode::CREATED, axum::Json(json!({"id": 1})))
-    }
-    let app = axum::Router::new()
-        .route(
-            "/repos/{owner}/{repo}/contents/{*path}",
-            axum::routing::get(contents),
-        )
-        .route(
-            "/repos/{owner}/{repo}/statuses/{sha}",
-            axum::routing::post(status),
-        )
-        .with_state(Arc::new(repos));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(url)
-}
-
-// ------------------------------------------------------------------ gantry serve
-
-struct Gantry {
-    url: String,
-    child: Child,
-}
-
-impl Drop for Gantry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gantry(
-    bin: &Path,
-    data: &Path,
-    ns: &str,
-    image: &str,
-    github: &str,
-    token: &str,
-    kubeconfig: &str,
-    ca: &str,
-) -> anyhow::Result<Gantry> {
-    std::fs::create_dir_all(data)?;
-    let config = data.join("gantry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"backend = "kubernetes"
+/// The realnode bench's `gantry serve`: every pod on the real node, the base image for the
+/// clone and the jobs.
+fn config(ns: &str, image: &str) -> String {
+    format!(
+        r#"backend = "kubernetes"
 [kubernetes]
 namespace = "{ns}"
 node_selector = {{ "gantry.dev/real-node" = "true" }}
@@ -438,70 +265,7 @@ tolerations = [{{ key = "gantry.dev/real-node", operator = "Equal", value = "tru
 clone = "{image}"
 default_job = "{image}"
 "#
-        ),
-    )?;
-    let mut cmd = Command::new(bin);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("GANTRY_") {
-            cmd.env_remove(key);
-        }
-    }
-    let log = std::fs::File::create(data.join("gantry.log"))?;
-    cmd.arg("serve")
-        .env("GANTRY_BACKEND", "kubernetes")
-        .env("GANTRY_CONFIG", &config)
-        .env("KUBECONFIG", kubeconfig)
-        .env("GANTRY_LISTEN", "127.0.0.1:0")
-        .env("GANTRY_DATA_DIR", data)
-        .env("GANTRY_GITHUB_WEBHOOK_SECRET", SECRET)
-        .env("GANTRY_GITHUB_API_URL", github)
-        .env("GANTRY_GITHUB_TOKEN", token)
-        .env("GANTRY_GITHUB_READ_FILES", "api")
-        .env("GANTRY_LOG", "warn")
-        .env("GIT_SSL_CAINFO", ca)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("Gantry is listening on ") {
-                let _ = tx.send(url.trim().to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .context("gantry serve did not say where it listens")?;
-    Ok(Gantry { url, child })
-}
-
-fn push(name: &str, clone_url: &str, before: &str, sha: &str) -> String {
-    json!({
-        "ref": "refs/heads/main", "before": before, "after": sha,
-        "created": false, "deleted": false, "forced": false,
-        "commits": [{"id": sha, "message": "change", "added": [], "removed": [], "modified": ["n.txt"]}],
-        "head_commit": {"id": sha, "message": "change", "added": [], "removed": [], "modified": ["n.txt"]},
-        "repository": {
-            "full_name": format!("acme/{name}"), "name": name, "clone_url": clone_url,
-            "html_url": format!("https://github.example/acme/{name}"),
-            "default_branch": "main", "owner": {"login": "acme"}
-        },
-        "pusher": {"name": "bench"}, "sender": {"login": "bench"}
-    })
-    .to_string()
-}
-
-async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
-    let r = http.get(url).send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().await.ok()
+    )
 }
 
 // ------------------------------------------------------------------ one sample
@@ -640,30 +404,12 @@ impl Bench {
             s.shas[i - 1].clone()
         };
         let body = push(&s.repo, &clone_url, &previous, &s.shas[i]);
-        let signature = format!(
-            "sha256={}",
-            gantry_forge::hmac_sha256_hex_of(SECRET.as_bytes(), body.as_bytes())
-        );
         let delivery = format!("{tag}-{i}");
         let mut sample = Sample {
             sent: now(),
             ..Sample::default()
         };
-        let answer = self
-            .http
-            .post(format!("{}/hooks/github", self.gantry.url))
-            .header("content-type", "application/json")
-            .header("x-github-event", "push")
-            .header("x-github-delivery", &delivery)
-            .header("x-hub-signature-256", signature)
-            .body(body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            answer.status().as_u16() == 202,
-            "webhook answered {}",
-            answer.status()
-        );
+        support::send_push(&self.http, &self.gantry, &delivery, body).await?;
         let name = self.follow(&before, None, &mut sample).await?;
         // Gantry's own records, once the run is over.
         let base = &self.gantry.url;
@@ -788,10 +534,6 @@ impl Bench {
     }
 }
 
-fn ms(a: f64, b: f64) -> f64 {
-    (b - a) * 1000.0
-}
-
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
@@ -817,29 +559,9 @@ fn order(steps: usize) -> Vec<String> {
         .collect()
 }
 
-async fn node_versions(client: &Client, node: &str) -> String {
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-    match nodes.get(node).await {
-        Ok(n) => {
-            let info = n.status.and_then(|s| s.node_info);
-            info.map_or_else(
-                || "?".into(),
-                |i| {
-                    format!(
-                        "kubelet {}, {}",
-                        i.kubelet_version, i.container_runtime_version
-                    )
-                },
-            )
-        }
-        Err(_) => "?".into(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") && args.len() > 1 {
+    if !support::measuring() {
         return Ok(()); // `cargo test --benches` and filters: nothing to do.
     }
     gantry_forge::install_crypto_provider();
@@ -861,45 +583,23 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let node = node_versions(&client, &node_name).await;
     let ns = format!("bench-realnode-{}", std::process::id());
+    support::namespace(&client, &ns).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.clone()),
-                    labels: Some(BTreeMap::from([(
-                        "pod-security.kubernetes.io/enforce".into(),
-                        "baseline".into(),
-                    )])),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await?;
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), &ns);
-    let mut ready = false;
-    for _ in 0..300 {
-        if accounts.get_opt("default").await?.is_some() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    anyhow::ensure!(ready, "namespace {ns} got no default ServiceAccount");
 
     // One extra commit each for the warm-up sample of each side.
     let total = |n: usize| 2 * n + 2;
     let one = format!("bench-one-{}", std::process::id());
     let five = format!("bench-five-{}", std::process::id());
-    let (one_bare, one_shas) =
-        repository(&git_root, &one, &pipeline(&image, "one", 1), total(runs))?;
+    let (one_bare, one_shas) = repository(
+        &git_root,
+        &one,
+        &[(".gantry.yaml", pipeline(&image, "one", 1))],
+        total(runs),
+    )?;
     let (five_bare, five_shas) = repository(
         &git_root,
         &five,
-        &pipeline(&image, "five", 5),
+        &[(".gantry.yaml", pipeline(&image, "five", 5))],
         total(step_runs),
     )?;
     let github = fake_github(HashMap::from([
@@ -908,16 +608,16 @@ async fn main() -> anyhow::Result<()> {
     ]))
     .await?;
     let data = tempfile::tempdir()?;
-    let gantry = gantry(
-        &gantry_bin,
-        data.path(),
-        &ns,
-        &image,
-        &github,
-        &token,
-        &kubeconfig,
-        &ca,
-    )?;
+    let gantry = Serve {
+        bin: &gantry_bin,
+        data: data.path(),
+        config: &config(&ns, &image),
+        github: &github,
+        token: &token,
+        kubeconfig: &kubeconfig,
+        ca: &ca,
+    }
+    .start()?;
     let events = Events::start(&ctr, &dir.join("node/containerd.sock"))?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let seen = watch(pods.clone());
@@ -1087,17 +787,7 @@ async fn main() -> anyhow::Result<()> {
         missing,
         stopped_early,
     };
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target")
-            .display()
-            .to_string()
-    });
-    let path = gantry_bench::write(
-        &gantry_bench::results_dir(Path::new(&target)),
-        "realnode",
-        &result,
-    )?;
+    let path = gantry_bench::write(&support::results_dir(), "realnode", &result)?;
     println!("{}", serde_json::to_string_pretty(&result)?);
     eprintln!("wrote {}", path.display());
     Ok(())

@@ -5,6 +5,7 @@
 
 pub mod sections;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -168,6 +169,141 @@ pub struct GapRow {
     pub reference_mean_ms: f64,
 }
 
+/// Issue 18, item 8: the delivery chain on the test cluster's real node, through the release
+/// `gantry serve`: Kaniko's layer cache (the second build of an unchanged app against the first,
+/// cold one), and a push webhook → the new Deployment Ready, link by link, with Gantry telling
+/// Flux against the same chain left to Flux's poll.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DeliveryResult {
+    pub measured: String,
+    /// Cores, CPU model, load average at the start.
+    pub machine: String,
+    /// kubelet and containerd versions of the real node.
+    pub node: String,
+    /// Samples asked for: cache samples (two builds each), chain samples per side; the time
+    /// limit of the sampling; the GitRepositories' `interval`.
+    pub cache_runs: usize,
+    pub chain_runs: usize,
+    pub limit_s: u64,
+    pub flux_interval_s: u64,
+    /// The Dockerfile of the cache samples (the chain's adds its commit's `n.txt`).
+    pub dockerfile: String,
+    pub builds: Vec<CacheSample>,
+    /// The links of the chain, in order (each sample has one figure per link).
+    pub links: Vec<String>,
+    /// Gantry tells Flux (`[[kubernetes.gitops_agents]]`), and not.
+    pub told: Vec<ChainSample>,
+    pub untold: Vec<ChainSample>,
+    /// The chain's builds used a layer cache already filled by the first cache sample.
+    pub chain_cache_warm: bool,
+    /// Samples lost (a run that failed or did not end in time, a Deployment not rolled out),
+    /// and the first reason.
+    pub missing: usize,
+    pub failure: Option<String>,
+    /// The time limit stopped the sampling early.
+    pub stopped_early: bool,
+}
+
+/// One cache sample: a fresh image repository and cache repository, two builds of the same
+/// Dockerfile one after the other; each the Kaniko step's `started_at` → `finished_at` (API).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CacheSample {
+    pub first_ms: f64,
+    pub second_ms: f64,
+    /// The second build's log says it used a cached layer ("Found cached layer", "Using
+    /// caching version").
+    pub second_cached: bool,
+    /// The first build's log says so too (it should not: its cache repository is new).
+    pub first_cached: bool,
+    /// Where each build's time went by its own log ([`kaniko_phases`]), in seconds.
+    #[serde(default)]
+    pub first_phases: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub second_phases: BTreeMap<String, f64>,
+}
+
+/// The phases [`kaniko_phases`] tells apart, in the order a build goes through them.
+pub const KANIKO_PHASES: [&str; 7] = [
+    "unpacking a stage's base image",
+    "the `RUN` itself",
+    "snapshots",
+    "cache lookups and the cached layer",
+    "pushing (image and cache)",
+    "deleting a stage's filesystem",
+    "the rest",
+];
+
+/// What a Kaniko build spent its time on, from its log: Kaniko starts each line with the whole
+/// seconds since it started (`INFO[0006] Unpacking rootfs …`), and each interval between two
+/// lines goes to what the earlier one began. Whole seconds, so for orientation.
+pub fn kaniko_phases(log: &str) -> BTreeMap<String, f64> {
+    let phase = |message: &str| -> &'static str {
+        let starts = |p: &[&str]| p.iter().any(|p| message.starts_with(p));
+        if starts(&["Unpacking rootfs"]) {
+            KANIKO_PHASES[0]
+        } else if starts(&["Running: "]) {
+            KANIKO_PHASES[1]
+        } else if starts(&["Taking snapshot"]) {
+            KANIKO_PHASES[2]
+        } else if starts(&[
+            "Checking for cached layer",
+            "Using caching version",
+            "Found cached layer",
+        ]) {
+            KANIKO_PHASES[3]
+        } else if starts(&["Pushing"]) {
+            KANIKO_PHASES[4]
+        } else if starts(&["Deleting filesystem"]) {
+            KANIKO_PHASES[5]
+        } else {
+            KANIKO_PHASES[6]
+        }
+    };
+    // (seconds since the start, phase) of every line that has them.
+    let lines: Vec<(u64, &'static str)> = log
+        .lines()
+        .filter_map(|line| {
+            // Past the colour codes: the first `[digits]`.
+            line.match_indices('[').find_map(|(i, _)| {
+                let rest = &line[i + 1..];
+                let close = rest.find(']')?;
+                let seconds = &rest[..close];
+                if seconds.is_empty() || !seconds.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                Some((seconds.parse().ok()?, phase(rest[close + 1..].trim())))
+            })
+        })
+        .collect();
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for w in lines.windows(2) {
+        *out.entry(w[0].1.to_owned()).or_default() += w[1].0.saturating_sub(w[0].0) as f64;
+    }
+    out
+}
+
+impl CacheSample {
+    pub fn ratio(&self) -> f64 {
+        self.second_ms / self.first_ms
+    }
+}
+
+/// One push through the whole chain: milliseconds per link ([`DeliveryResult::links`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ChainSample {
+    pub links_ms: Vec<f64>,
+    /// The `gitops` step's log says Gantry told Flux to reconcile.
+    pub told_flux: bool,
+    /// The Kaniko step's log says it used a cached layer.
+    pub build_cached: bool,
+}
+
+impl ChainSample {
+    pub fn total_ms(&self) -> f64 {
+        self.links_ms.iter().sum()
+    }
+}
+
 /// Cores, CPU model and load, like scripts/bench's machine line (the benches that run outside
 /// criterion head their results with it).
 pub fn machine() -> String {
@@ -209,6 +345,29 @@ pub fn write<T: Serialize>(dir: &Path, name: &str, value: &T) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kaniko_phases_come_from_the_seconds_on_its_lines() {
+        let log = "\u{1b}[36mINFO\u{1b}[0m[0000] Checking for cached layer x...\n\
+                   \u{1b}[36mINFO\u{1b}[0m[0000] No cached layer found for cmd RUN x\n\
+                   \u{1b}[36mINFO\u{1b}[0m[0000] Unpacking rootfs as cmd RUN x requires it.\n\
+                   \u{1b}[36mINFO\u{1b}[0m[0006] RUN x\n\
+                   \u{1b}[36mINFO\u{1b}[0m[0006] Taking snapshot of full filesystem...\n\
+                   \u{1b}[36mINFO\u{1b}[0m[0008] Running: [/bin/sh -c x]\n\
+                   \u{1b}[36mINFO\u{1b}[0m[0014] Taking snapshot of full filesystem...\n\
+                   \u{1b}[36mINFO\u{1b}[0m[0015] Deleting filesystem...\n\
+                   \u{1b}[36mINFO\u{1b}[0m[0017] Pushing image to r/app:1\n\
+                   \u{1b}[36mINFO\u{1b}[0m[0018] Pushed r/app@sha256:00\n\
+                   pushed digest sha256:00\n";
+        let p = kaniko_phases(log);
+        assert_eq!(p[KANIKO_PHASES[0]], 6.0);
+        assert_eq!(p[KANIKO_PHASES[1]], 6.0);
+        assert_eq!(p[KANIKO_PHASES[2]], 3.0);
+        assert_eq!(p[KANIKO_PHASES[3]], 0.0);
+        assert_eq!(p[KANIKO_PHASES[4]], 1.0);
+        assert_eq!(p[KANIKO_PHASES[5]], 2.0);
+        assert_eq!(p.values().sum::<f64>(), 18.0);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

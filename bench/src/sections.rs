@@ -4,12 +4,16 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::{IntakeResult, Latency, LoadRun, QueueResult, RealNodeResult, StartResult};
+use crate::{
+    DeliveryResult, IntakeResult, Latency, LoadRun, QueueResult, RealNodeResult, StartResult,
+};
 
 pub const INTAKE: &str = "Webhook intake under load vs a bare axum endpoint";
 pub const START: &str = "Webhook to first step (local backend) vs the same work done directly";
 pub const QUEUE: &str = "Runs accepted per second and memory with many queued runs";
 pub const REALNODE: &str = "Webhook to first step and gaps between steps on the real node vs the same Pod created directly";
+pub const DELIVERY: &str =
+    "Delivery chain on the real node: Kaniko's layer cache, and a push to the new Deployment Ready";
 
 /// Every section whose result file is there, in the order they appear in the document.
 pub fn render(dir: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
@@ -25,6 +29,9 @@ pub fn render(dir: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
     }
     if let Some(r) = crate::read::<RealNodeResult>(dir, "realnode")? {
         out.push((REALNODE, realnode(&r)));
+    }
+    if let Some(r) = crate::read::<DeliveryResult>(dir, "delivery")? {
+        out.push((DELIVERY, delivery(&r)));
     }
     Ok(out)
 }
@@ -421,4 +428,399 @@ fn realnode(r: &RealNodeResult) -> String {
         );
     }
     md
+}
+
+fn seconds(ms: f64) -> String {
+    if ms >= 10_000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else {
+        format!("{:.2} s", ms / 1000.0)
+    }
+}
+
+fn percent(part: f64, whole: f64) -> String {
+    if whole > 0.0 {
+        format!("{:.0} %", 100.0 * part / whole)
+    } else {
+        "–".into()
+    }
+}
+
+/// The median: the middle value, or the mean of the two middle ones (these benches take few
+/// samples, where a nearest-rank p50 would be the lower of two).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// A ratio with three decimals when small (a deploy link against a poll).
+fn times(r: f64) -> String {
+    if !r.is_finite() {
+        "–".into()
+    } else if r < 0.1 {
+        format!("{r:.3}×")
+    } else {
+        format!("{r:.2}×")
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn delivery(r: &DeliveryResult) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Measured {} on {}; the test cluster's real node (`tests/cluster/node`: {}, its registry \
+         and git server over TLS with logins) and Flux's source-controller and \
+         kustomize-controller beside the cluster (`tests/cluster/flux`). Gantry: the release \
+         `gantry serve` on the Kubernetes backend, every pod on the real node, the pipeline read \
+         through a fake GitHub's contents API, one signed push webhook per sample. Cache samples \
+         and chain samples take turns (cache, told, untold, cache, untold, told, …).\n",
+        r.measured, r.machine, r.node
+    );
+
+    // Kaniko's layer cache.
+    let _ = writeln!(
+        md,
+        "### Kaniko's layer cache: the second build of an unchanged app vs the first\n\n\
+         Per sample, a new commit whose pipeline builds the same Dockerfile twice, job `second` \
+         after job `first`, into an image repository and a cache repository named after the \
+         commit, so both are new (empty) in the registry; `cache: true`, the cache repository \
+         given. Each build is its Kaniko step, `started_at` → `finished_at` as the API records \
+         it: for each stage, the base image pulled and unpacked, then the `RUN` and a snapshot \
+         of the filesystem (or the cached layer, extracted), the `COPY`, the push. Reference: the first build, in the same run. The Dockerfile (`BASE` is the \
+         node's Debian test image, in the same registry):\n\n```dockerfile\n{}```\n",
+        r.dockerfile
+    );
+    let _ = writeln!(
+        md,
+        "| sample | first build (cold cache) | second build | second ÷ first | cached layer used (second / first) |\n\
+         |---|---:|---:|---:|---|"
+    );
+    for (i, b) in r.builds.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} / {} |",
+            i + 1,
+            seconds(b.first_ms),
+            seconds(b.second_ms),
+            ratio(b.second_ms, b.first_ms),
+            yes(b.second_cached),
+            yes(b.first_cached)
+        );
+    }
+    if r.builds.is_empty() {
+        let _ = writeln!(md, "\nNo cache sample was measured.\n");
+    } else {
+        let first = median(r.builds.iter().map(|b| b.first_ms).collect());
+        let second = median(r.builds.iter().map(|b| b.second_ms).collect());
+        // The ratio's median over the samples (each pair measured back to back).
+        let ratio_p50 = median(r.builds.iter().map(|b| b.ratio()).collect());
+        let _ = writeln!(
+            md,
+            "| median | {} | {} | {ratio_p50:.2}× | |",
+            seconds(first),
+            seconds(second),
+        );
+        let cached = r.builds.iter().filter(|b| b.second_cached).count();
+        let halved = ratio_p50 <= 0.5;
+        let _ = writeln!(
+            md,
+            "\n**Result:** the second build took {:.2}× the first (median of the per-sample \
+             ratios): a saving of {:.0} %. The design's \"often over 50 %\" {} here: the cache \
+             {} the build. The second build's log named a cached layer (\"Found cached layer\" \
+             or \"Using caching version\") in {cached} of {} samples.\n",
+            ratio_p50,
+            100.0 * (1.0 - ratio_p50),
+            if halved { "holds" } else { "does not hold" },
+            if halved {
+                "at least halved"
+            } else {
+                "did not halve"
+            },
+            r.builds.len()
+        );
+        let logged = r
+            .builds
+            .iter()
+            .any(|b| !b.first_phases.is_empty() || !b.second_phases.is_empty());
+        if logged {
+            let mean = |phase: &str, second: bool| {
+                let sum: f64 = r
+                    .builds
+                    .iter()
+                    .map(|b| {
+                        if second {
+                            &b.second_phases
+                        } else {
+                            &b.first_phases
+                        }
+                    })
+                    .map(|m| m.get(phase).copied().unwrap_or(0.0))
+                    .sum();
+                sum / r.builds.len() as f64
+            };
+            let _ = writeln!(
+                md,
+                "Where a build's time goes, by Kaniko's own log (each line starts with the whole \
+                 seconds since Kaniko started; an interval counts for what its first line \
+                 began; means over the samples; the step's time also holds the container's \
+                 start and end):\n\n| phase | first build | second build |\n|---|---:|---:|"
+            );
+            for phase in crate::KANIKO_PHASES {
+                let _ = writeln!(
+                    md,
+                    "| {phase} | {:.1} s | {:.1} s |",
+                    mean(phase, false),
+                    mean(phase, true)
+                );
+            }
+        }
+        md.push('\n');
+    }
+
+    // The chain.
+    let _ = writeln!(
+        md,
+        "### Push webhook → new Deployment Ready, link by link\n\n\
+         One push of a new commit of the app; its pipeline: `test` (one `run` step) → `image` \
+         (Kaniko build and push, the layer cache {}) → `scan` (Trivy, `CRITICAL`/`HIGH`, against \
+         a database the trivydb tool pushed, `kubernetes.trivy_db_repository`) → `deploy` (a \
+         `gitops` bump of `images[].newTag` in a kustomize overlay of a configuration repository \
+         on the node's git server) → Flux applies the overlay and the Deployment (one replica, \
+         on the real node) rolls out the new image. **Told:** Gantry tells Flux \
+         (`[[kubernetes.gitops_agents]]`: it sets `reconcile.fluxcd.io/requestedAt` on the \
+         GitRepository right after the push). **Untold (reference):** the same chain, another \
+         app and configuration repository, with no `gitops_agents` entry: Flux finds the commit \
+         at its next poll. Both GitRepositories poll every {} s. Moments: webhook sent (the \
+         bench's clock), the run's `created_at`, each job's `started_at` (its workspace \
+         cloned) and `finished_at` (API), the configuration branch seen moving on the git \
+         server's disk and the Deployment seen rolled out with the new image (`kubectl rollout \
+         status`'s test: every replica updated and available, no old one left), both polled \
+         every 100 ms.\n",
+        if r.chain_cache_warm {
+            "filled by the first cache sample, whose first stage is the same"
+        } else {
+            "new: the first chain build was cold"
+        },
+        r.flux_interval_s
+    );
+    let (told, untold) = (&r.told, &r.untold);
+    let column = |v: &[crate::ChainSample], k: usize| -> Vec<f64> {
+        v.iter()
+            .filter_map(|s| s.links_ms.get(k).copied())
+            .collect()
+    };
+    let mean_of = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let told_total = mean_of(&told.iter().map(|s| s.total_ms()).collect::<Vec<_>>());
+    let untold_total = mean_of(&untold.iter().map(|s| s.total_ms()).collect::<Vec<_>>());
+    let _ = writeln!(
+        md,
+        "| link | told (median) | untold (median) | told ÷ untold | share of the total, told | share, untold |\n\
+         |---|---:|---:|---:|---:|---:|"
+    );
+    for (k, link) in r.links.iter().enumerate() {
+        let (t, u) = (column(told, k), column(untold, k));
+        let (tp, up) = (median(t.clone()), median(u.clone()));
+        let _ = writeln!(
+            md,
+            "| {link} | {} | {} | {} | {} | {} |",
+            seconds(tp),
+            seconds(up),
+            times(tp / up),
+            percent(mean_of(&t), told_total),
+            percent(mean_of(&u), untold_total)
+        );
+    }
+    let tt = median(told.iter().map(|s| s.total_ms()).collect());
+    let ut = median(untold.iter().map(|s| s.total_ms()).collect());
+    let _ = writeln!(
+        md,
+        "| **webhook sent → Deployment Ready** | **{}** | **{}** | **{}** | 100 % | 100 % |",
+        seconds(tt),
+        seconds(ut),
+        times(tt / ut)
+    );
+    let deploy = r.links.len().saturating_sub(1);
+    let (td, ud) = (median(column(told, deploy)), median(column(untold, deploy)));
+    let _ = writeln!(
+        md,
+        "\nSamples: {} told, {} untold, of {} per side. The medians of the links do not add up \
+         to the median of the total; the shares are of the means (which do). Every other link \
+         is the same on both sides by construction, so its ratio shows the noise between \
+         samples.\n",
+        told.len(),
+        untold.len(),
+        r.chain_runs
+    );
+    if !told.is_empty() && !untold.is_empty() {
+        let _ = writeln!(
+            md,
+            "**Result:** with Gantry telling Flux, config pushed → Deployment Ready took {} \
+             against {} when Flux was left to its poll ({}); over the whole chain, {} against \
+             {} ({}). Left to a poll every {} s, Flux finds a commit on average {:.0} s after \
+             it lands. Gantry's gitops step said it told Flux in {} of {} told samples (and in \
+             {} of {} untold ones). The chain's Kaniko build named a cached layer in {} of {} \
+             samples.",
+            seconds(td),
+            seconds(ud),
+            times(td / ud),
+            seconds(tt),
+            seconds(ut),
+            times(tt / ut),
+            r.flux_interval_s,
+            r.flux_interval_s as f64 / 2.0,
+            told.iter().filter(|s| s.told_flux).count(),
+            told.len(),
+            untold.iter().filter(|s| s.told_flux).count(),
+            untold.len(),
+            told.iter().chain(untold).filter(|s| s.build_cached).count(),
+            told.len() + untold.len()
+        );
+    } else {
+        let _ = writeln!(md, "No chain sample was measured on one side or both.");
+    }
+    if r.missing > 0 || r.stopped_early {
+        let _ = writeln!(
+            md,
+            "\n{} samples lost{}{}.",
+            r.missing,
+            if r.stopped_early {
+                format!("; the time limit of {} s stopped the sampling", r.limit_s)
+            } else {
+                String::new()
+            },
+            r.failure
+                .as_deref()
+                .map(|f| format!("; the first: `{}`", f.replace('`', "'").replace('\n', " ")))
+                .unwrap_or_default()
+        );
+    }
+    if r.cache_runs < 2 || r.chain_runs < 3 {
+        let _ = writeln!(
+            md,
+            "\nThis run used {} cache samples and {} chain samples per side instead of the \
+             defaults 2 and 3 (`GANTRY_BENCH_DELIVERY_CACHE_RUNS`, `GANTRY_BENCH_DELIVERY_RUNS`).",
+            r.cache_runs, r.chain_runs
+        );
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CacheSample, ChainSample};
+
+    fn sample() -> DeliveryResult {
+        let chain = |deploy: f64, told_flux: bool| ChainSample {
+            links_ms: vec![
+                200.0, 1500.0, 1000.0, 2000.0, 30_000.0, 2000.0, 10_000.0, 2000.0, 3000.0, deploy,
+            ],
+            told_flux,
+            build_cached: true,
+        };
+        DeliveryResult {
+            measured: "2026-12-02 06:00 UTC".into(),
+            machine: "2 cores, AMD EPYC, load average 1.00 at the start".into(),
+            node: "kubelet v1.36.3, containerd://2.2.0".into(),
+            cache_runs: 3,
+            chain_runs: 2,
+            limit_s: 900,
+            flux_interval_s: 30,
+            dockerfile: "FROM BASE AS build\nRUN true\n".into(),
+            builds: vec![
+                CacheSample {
+                    first_ms: 40_000.0,
+                    second_ms: 16_000.0,
+                    second_cached: true,
+                    first_cached: false,
+                    first_phases: [(crate::KANIKO_PHASES[1].to_owned(), 6.0)].into(),
+                    ..CacheSample::default()
+                },
+                CacheSample {
+                    first_ms: 44_000.0,
+                    second_ms: 22_000.0,
+                    second_cached: true,
+                    first_cached: false,
+                    ..CacheSample::default()
+                },
+                CacheSample {
+                    first_ms: 50_000.0,
+                    second_ms: 30_000.0,
+                    second_cached: true,
+                    first_cached: false,
+                    ..CacheSample::default()
+                },
+            ],
+            links: [
+                "webhook sent → run created",
+                "b",
+                "c",
+                "d",
+                "e",
+                "f",
+                "g",
+                "h",
+                "i",
+                "config pushed → Deployment Ready",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            told: vec![chain(4000.0, true), chain(6000.0, true)],
+            untold: vec![chain(20_000.0, false), chain(16_000.0, false)],
+            chain_cache_warm: true,
+            ..DeliveryResult::default()
+        }
+    }
+
+    #[test]
+    fn the_delivery_section_reports_the_cache_ratio_and_the_told_vs_untold_deploy() {
+        let md = delivery(&sample());
+        assert!(
+            md.contains("| 1 | 40.0 s | 16.0 s | 0.40× | yes / no |"),
+            "{md}"
+        );
+        // Median of 0.40, 0.50, 0.60.
+        assert!(
+            md.contains("| median | 44.0 s | 22.0 s | 0.50× | |"),
+            "{md}"
+        );
+        assert!(md.contains("| the `RUN` itself | 2.0 s | 0.0 s |"), "{md}");
+        assert!(md.contains("\"often over 50 %\" holds here"), "{md}");
+        assert!(md.contains("in 3 of 3 samples"), "{md}");
+        // The median of two samples is their mean.
+        assert!(
+            md.contains("| config pushed → Deployment Ready | 5.00 s | 18.0 s | 0.28× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("told Flux in 2 of 2 told samples (and in 0 of 2"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| **webhook sent → Deployment Ready** |"),
+            "{md}"
+        );
+        assert!(!md.contains("samples lost"), "{md}");
+
+        let mut slow = sample();
+        for b in &mut slow.builds {
+            b.second_ms = b.first_ms * 0.8;
+        }
+        slow.missing = 1;
+        slow.failure = Some("cache sample 2: run failure".into());
+        let md = delivery(&slow);
+        assert!(
+            md.contains("does not hold here: the cache did not halve"),
+            "{md}"
+        );
+        assert!(md.contains("1 samples lost; the first: `cache sample 2: run failure`"));
+    }
 }
