@@ -581,6 +581,21 @@ fn delivery(r: &DeliveryResult) -> String {
                     mean(phase, true)
                 );
             }
+            let total = |second: bool| -> f64 {
+                crate::KANIKO_PHASES.iter().map(|p| mean(p, second)).sum()
+            };
+            let _ = writeln!(
+                md,
+                "\nThe cache saves the `RUN` and its snapshots ({:.1} s of the first build's \
+                 {:.1} s by Kaniko's clock); it cannot save unpacking each stage's base image, \
+                 {:.1} s of the second build's {:.1} s. Kaniko prints no line while it fetches \
+                 and extracts a cached layer, so that time counts for the line before (\
+                 \"Using caching version\").",
+                mean(crate::KANIKO_PHASES[1], false) + mean(crate::KANIKO_PHASES[2], false),
+                total(false),
+                mean(crate::KANIKO_PHASES[0], true),
+                total(true)
+            );
         }
         md.push('\n');
     }
