@@ -119,6 +119,16 @@ pub fn verdict(step: &TrivyStep, exit_code: i32, written: &str) -> Verdict {
     Verdict { reason, summary }
 }
 
+/// Puts a `trivy` step's verdict on its outcome: the summary, and the reason of a failure that
+/// has none yet (a timeout or an OOM kill keeps its own). Both backends end their trivy steps so.
+pub fn report(step: &TrivyStep, written: &str, outcome: &mut crate::StepOutcome) {
+    let verdict = verdict(step, outcome.exit_code.unwrap_or(0), written);
+    if outcome.state == crate::State::Failure && outcome.reason.is_none() {
+        outcome.reason = verdict.reason;
+    }
+    outcome.summary = verdict.summary;
+}
+
 fn gated(step: &TrivyStep) -> String {
     if step.severity.is_empty() {
         return "any severity".to_owned();

@@ -571,14 +571,7 @@ fn report(
                 outcome.reason = Some(last);
             }
         }
-        StepKind::Trivy(step) => {
-            let code = outcome.exit_code.unwrap_or(0);
-            let verdict = gantry_core::trivy::verdict(step, code, message);
-            if outcome.state == State::Failure && outcome.reason.is_none() {
-                outcome.reason = verdict.reason;
-            }
-            outcome.summary = verdict.summary;
-        }
+        StepKind::Trivy(step) => gantry_core::trivy::report(step, message, outcome),
         StepKind::Gitops(_) => {
             let said: Vec<&str> = message
                 .lines()

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use gantry_core::{KanikoStep, State, TrivyStep};
+use gantry_core::{KanikoStep, TrivyStep};
 
 use crate::job::{StepContext, StepResult};
 
@@ -73,12 +73,8 @@ pub(crate) async fn trivy(ctx: &mut StepContext<'_>, step: &TrivyStep) -> StepRe
     }
     let mut result = StepResult::of(ctx.run(command).await);
     let written = std::fs::read_to_string(&summary_file).unwrap_or_default();
-    if let Some(code) = result.outcome.exit_code {
-        let verdict = gantry_core::trivy::verdict(step, code, &written);
-        if result.outcome.state == State::Failure && result.outcome.reason.is_none() {
-            result.outcome.reason = verdict.reason;
-        }
-        result.outcome.summary = verdict.summary;
+    if result.outcome.exit_code.is_some() {
+        gantry_core::trivy::report(step, &written, &mut result.outcome);
     }
     result
 }
