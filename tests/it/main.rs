@@ -5,6 +5,7 @@ mod cli_lint;
 mod cli_run;
 mod delivery_chain;
 mod examples;
+mod faults;
 mod node;
 mod real_node;
 mod real_node_examples;

@@ -112,7 +112,15 @@ pub struct ReceivedStatus {
 pub struct FakeGithub {
     pub url: String,
     pub statuses: Arc<Mutex<Vec<ReceivedStatus>>>,
+    contents: Arc<Contents>,
     _server: tokio::task::JoinHandle<()>,
+}
+
+/// What the contents API serves: repositories by `owner/name`, and errors to answer first.
+struct Contents {
+    repos: std::collections::HashMap<String, PathBuf>,
+    /// The next requests get these answers (status, `Retry-After` seconds) instead, in order.
+    failures: Mutex<std::collections::VecDeque<(u16, Option<u64>)>>,
 }
 
 /// `GET /repos/{owner}/{repo}/contents/{path}?ref=SHA` as GitHub documents it
@@ -121,9 +129,34 @@ pub struct FakeGithub {
 /// `{"type", "name", "path"}`, 404 when the path is not there at that commit. Read with git from
 /// the repository registered for `owner/repo`.
 async fn contents(
-    State(repos): State<Arc<std::collections::HashMap<String, PathBuf>>>,
+    State(served): State<Arc<Contents>>,
     UrlPath((owner, repo, path)): UrlPath<(String, String, String)>,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let failure = served.failures.lock().unwrap().pop_front();
+    if let Some((status, retry_after)) = failure {
+        // GitHub's error body is `{"message": …, "documentation_url": …}`; a rate limit
+        // carries `Retry-After` (docs.github.com, "Rate limits for the REST API").
+        let status = axum::http::StatusCode::from_u16(status).unwrap();
+        let body = Json(json!({ "message": status.canonical_reason().unwrap_or("error") }));
+        let mut response = (status, body).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
+        }
+        return response;
+    }
+    contents_of(&served.repos, &owner, &repo, &path, &query).into_response()
+}
+
+fn contents_of(
+    repos: &std::collections::HashMap<String, PathBuf>,
+    owner: &str,
+    repo: &str,
+    path: &str,
+    query: &std::collections::HashMap<String, String>,
 ) -> (axum::http::StatusCode, Json<Value>) {
     use base64::Engine as _;
     let not_found = (
@@ -209,6 +242,10 @@ impl FakeGithub {
     /// Also serves the contents API for each `owner/name` from its git repository (bare or not).
     pub async fn start_with_repos(repos: std::collections::HashMap<String, PathBuf>) -> Self {
         let statuses: Arc<Mutex<Vec<ReceivedStatus>>> = Arc::default();
+        let contents_state = Arc::new(Contents {
+            repos,
+            failures: Mutex::default(),
+        });
         let app = axum::Router::new()
             .route(
                 "/repos/{owner}/{repo}/statuses/{sha}",
@@ -221,7 +258,7 @@ impl FakeGithub {
                         "/repos/{owner}/{repo}/contents/{*path}",
                         axum::routing::get(contents),
                     )
-                    .with_state(Arc::new(repos)),
+                    .with_state(contents_state.clone()),
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -231,8 +268,15 @@ impl FakeGithub {
         FakeGithub {
             url,
             statuses,
+            contents: contents_state,
             _server: server,
         }
+    }
+
+    /// The next contents API requests are answered with these errors (HTTP status and
+    /// `Retry-After` seconds), one each, in order.
+    pub fn fail_contents(&self, answers: impl IntoIterator<Item = (u16, Option<u64>)>) {
+        self.contents.failures.lock().unwrap().extend(answers);
     }
 
     pub fn statuses(&self) -> Vec<ReceivedStatus> {

@@ -2,7 +2,8 @@
 //! through which the rest of the system touches the outside world — [`Backend`] (where jobs
 //! execute: Kubernetes pods or local processes) and [`Forge`] (where code lives and statuses go).
 //!
-//! This crate does no I/O. Fakes of both seams live behind the `test-util` feature.
+//! This crate does no I/O. Fakes of both seams, and real faults for tests ([`faults`]), live
+//! behind the `test-util` feature.
 
 mod backend;
 mod forge;
@@ -17,6 +18,8 @@ pub mod trivy;
 
 #[cfg(feature = "test-util")]
 pub mod fake;
+#[cfg(feature = "test-util")]
+pub mod faults;
 
 pub use backend::{
     Backend, BackendError, Checkout, EventSender, JobEvent, JobEventKind, JobRequest, Resume,

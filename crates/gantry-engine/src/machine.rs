@@ -42,6 +42,11 @@ pub(crate) struct Tracking {
     /// the pod start latency).
     handed_at: Option<Instant>,
     step_seen: bool,
+    /// Some of the attempt's progress could not be recorded (the store refused a write): it is
+    /// ended as an error with this reason, once the store can be written again.
+    unrecorded: Option<String>,
+    /// The backend has reported the attempt's end, but the end could not be recorded yet.
+    ended: bool,
 }
 
 /// Attempts handed to the backend and not finished, by job and attempt.
@@ -631,7 +636,40 @@ impl Inner {
         state: State,
         reason: Option<String>,
     ) -> Result<()> {
-        let tracking = active.remove(&(job_id, attempt)).unwrap_or_default();
+        let key = (job_id, attempt);
+        let tracking = active.remove(&key).unwrap_or_default();
+        let (state, reason) = match &tracking.unrecorded {
+            Some(why) => (State::Error, Some(why.clone())),
+            None => (state, reason),
+        };
+        match self
+            .record_finish(&tracking, job_id, attempt, state, reason)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                // Not recorded: keep tracking the attempt, so that the next tick records its
+                // end once the store can be written (the backend will not say it again).
+                let mut tracking = tracking;
+                tracking.ended = true;
+                tracking
+                    .unrecorded
+                    .get_or_insert_with(|| unrecorded_reason(&err));
+                active.insert(key, tracking);
+                Err(err)
+            }
+        }
+    }
+
+    /// Records an attempt's end (see [`Inner::finish_attempt`]).
+    async fn record_finish(
+        &self,
+        tracking: &Tracking,
+        job_id: JobId,
+        attempt: u32,
+        state: State,
+        reason: Option<String>,
+    ) -> Result<()> {
         let (state, reason) = match (&tracking.timed_out, &tracking.cancel, state) {
             (Some(why), _, State::Cancelled | State::Failure) => {
                 (State::Failure, Some(why.clone()))
@@ -710,7 +748,8 @@ impl Inner {
         if let JobEventKind::Log(line) = &event.kind {
             self.observer.log_line(line.text.len());
             if let Err(err) = self.logs.append(job_id, attempt, line).await {
-                tracing::warn!(job = %job_id, %err, "cannot store a log line");
+                // The log store says so once per step, and marks the step's log incomplete.
+                self.observer.log_line_lost(&err.to_string());
             }
             return Ok(false);
         }
@@ -812,6 +851,17 @@ impl Inner {
         let mut to_cancel = Vec::new();
         let mut to_end = Vec::new();
         for (key, t) in active.iter_mut() {
+            if t.unrecorded.is_some() {
+                // Its progress could not be recorded: stop it, and record its end as an error
+                // (finish_attempt) once the store can be written again.
+                if t.ended || t.cancel_sent_at.is_some_and(|sent| now >= sent + grace) {
+                    to_end.push(*key);
+                } else if t.cancel_sent_at.is_none() {
+                    t.cancel_sent_at = Some(now);
+                    to_cancel.push(*key);
+                }
+                continue;
+            }
             match (t.cancel_sent_at, t.deadline) {
                 (None, Some(deadline)) if now >= deadline => {
                     let limit = t.timeout.map_or_else(String::new, humanize);
@@ -829,12 +879,27 @@ impl Inner {
                 tracing::warn!(job = %job_id, %err, "cannot cancel a timed out job");
             }
         }
+        let mut result = Ok(());
         for (job_id, attempt) in to_end {
             let reason = "the backend did not confirm the cancel".to_owned();
-            self.finish_attempt(active, job_id, attempt, State::Cancelled, Some(reason))
-                .await?;
+            // Each one, even when one cannot be recorded (it stays tracked for the next tick).
+            if let Err(err) = self
+                .finish_attempt(active, job_id, attempt, State::Cancelled, Some(reason))
+                .await
+            {
+                result = Err(err);
+            }
         }
-        Ok(())
+        result
+    }
+
+    /// An event of an attempt could not be recorded: the attempt is stopped, and ended as an
+    /// error once the store can be written (see [`Inner::check_deadlines`]).
+    async fn progress_lost(&self, key: (JobId, u32), err: &Error) {
+        let mut active = self.active.lock().await;
+        if let Some(t) = active.get_mut(&key) {
+            t.unrecorded.get_or_insert_with(|| unrecorded_reason(err));
+        }
     }
 
     // ---- cancel and retry ----
@@ -1193,6 +1258,14 @@ impl Inner {
     }
 }
 
+/// Why an attempt whose progress could not be recorded ends as an error.
+fn unrecorded_reason(err: &Error) -> String {
+    format!(
+        "Gantry could not record this job's progress ({err}); it was stopped and ended once \
+         the store could be written again"
+    )
+}
+
 /// The scheduler task: backend events, wake-ups and deadline ticks, one at a time.
 pub(crate) async fn run_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<JobEvent>) {
     let mut tick = tokio::time::interval(inner.config.tick);
@@ -1202,13 +1275,18 @@ pub(crate) async fn run_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<JobEv
             biased;
             () = inner.token.cancelled() => break,
             event = events.recv() => match event {
-                Some(event) => match inner.on_event(event).await {
-                    Ok(freed) => freed,
-                    Err(err) => {
-                        tracing::error!(%err, "cannot record a job event");
-                        false
+                Some(event) => {
+                    let key = (event.job_id, event.attempt);
+                    match inner.on_event(event).await {
+                        Ok(freed) => freed,
+                        Err(err) => {
+                            tracing::error!(job = %key.0, attempt = key.1, %err, "cannot record a job event");
+                            inner.observer.store_write_failed(&err.to_string());
+                            inner.progress_lost(key, &err).await;
+                            false
+                        }
                     }
-                },
+                }
                 None => break,
             },
             () = inner.wake.notified() => true,
@@ -1219,6 +1297,7 @@ pub(crate) async fn run_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<JobEv
                 let mut active = inner.active.lock().await;
                 if let Err(err) = inner.check_deadlines(&mut active).await {
                     tracing::error!(%err, "cannot check deadlines");
+                    inner.observer.store_write_failed(&err.to_string());
                 }
                 true
             }

@@ -22,6 +22,11 @@ pub trait Observer: Send + Sync + 'static {
     fn first_step_started(&self, _latency: Duration) {}
     /// A log line of `bytes` bytes was stored.
     fn log_line(&self, _bytes: usize) {}
+    /// A state change could not be written to the store (`error` says why: a full disk, an
+    /// I/O error, the database gone).
+    fn store_write_failed(&self, _error: &str) {}
+    /// A step log line could not be stored.
+    fn log_line_lost(&self, _error: &str) {}
     /// A commit status was sent to a forge: `delivered`, `retried` or `dropped`.
     fn status_reported(&self, _forge: ForgeKind, _result: &'static str) {}
 }

@@ -15,6 +15,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Conflict(String),
+    /// Storage cannot be written for now: 503, worth retrying later.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -30,6 +33,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -40,7 +44,15 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(source) = &self {
             tracing::error!(error = %source, "request failed");
         }
-        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+        let mut response =
+            (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
+        if let ApiError::Unavailable(_) = self {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("30"),
+            );
+        }
+        response
     }
 }
 
@@ -52,13 +64,22 @@ impl From<gantry_engine::Error> for ApiError {
             E::RunNotFinished(_) | E::JobNotFinished(_) | E::ShuttingDown => {
                 ApiError::Conflict(err.to_string())
             }
+            E::Store(err) => err.into(),
             other => ApiError::internal(other),
         }
     }
 }
 
+/// What a client is told when the store cannot be written.
+pub(crate) const STORAGE_UNAVAILABLE: &str = "Gantry cannot store anything right now (its storage \
+     cannot be written: a full disk or I/O errors); nothing was recorded, try again later";
+
 impl From<gantry_store::Error> for ApiError {
     fn from(err: gantry_store::Error) -> Self {
+        if err.is_unavailable() {
+            tracing::error!(error = %err, "the store cannot be written");
+            return ApiError::Unavailable(STORAGE_UNAVAILABLE.to_owned());
+        }
         ApiError::internal(err)
     }
 }

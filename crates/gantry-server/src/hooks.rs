@@ -1,17 +1,18 @@
 //! `POST /hooks/{forge}`: verify, parse, store, answer — plan later.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use gantry_core::ForgeKind;
 use gantry_forge::{Incoming, WebhookSecrets};
 use gantry_store::NewDelivery;
 use http::{HeaderMap, StatusCode};
 use serde_json::json;
 
+use crate::error::STORAGE_UNAVAILABLE;
 use crate::intake::{self, StoredTrigger};
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, Ops};
 
 fn forge_kind(name: &str) -> Option<ForgeKind> {
     match name {
@@ -25,6 +26,7 @@ fn forge_kind(name: &str) -> Option<ForgeKind> {
 
 pub async fn receive(
     State(state): State<AppState>,
+    Extension(ops): Extension<Ops>,
     Path(forge): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -59,6 +61,13 @@ pub async fn receive(
                 .into_response())
         }
         Incoming::Trigger { trigger, compare } => {
+            // While the data directory cannot be written, refuse rather than accept a
+            // delivery that may never become a run: the forge shows a failed delivery, which
+            // can be redelivered, instead of a lost one.
+            if let Err(reason) = ops.metrics.storage().check().await {
+                tracing::warn!(%reason, "delivery refused: storage cannot be written");
+                return Err(ApiError::Unavailable(STORAGE_UNAVAILABLE.to_owned()));
+            }
             // Without a delivery id there is nothing to dedupe by: give it one of our own.
             let id = delivery
                 .id
@@ -74,7 +83,17 @@ pub async fn receive(
                 received_at: gantry_core::now(),
                 payload: serde_json::to_string(&stored).map_err(ApiError::internal)?,
             };
-            if !state.engine.store().insert_delivery(&new).await? {
+            let inserted = match state.engine.store().insert_delivery(&new).await {
+                Ok(inserted) => inserted,
+                Err(err) => {
+                    if err.is_unavailable() {
+                        ops.metrics
+                            .storage_failed("database", format!("cannot store a delivery: {err}"));
+                    }
+                    return Err(err.into());
+                }
+            };
+            if !inserted {
                 let existing = state.engine.store().get_delivery(kind, &id).await?;
                 let (runs, outcome) = existing
                     .map(|d| (d.run_ids, d.state.as_str()))

@@ -2,11 +2,13 @@
 //! hand them to the engine. Also re-plans, at start, deliveries a crash left unplanned.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gantry_core::{Forge, ForgeError, ForgeKind, RepoRef, Trigger};
 use gantry_forge::GitReader;
 use gantry_store::DeliveryState;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use crate::AppState;
 
@@ -92,9 +94,52 @@ pub struct StoredTrigger {
     pub compare: Option<(String, String)>,
 }
 
+/// The first wait before planning a delivery again after a transient failure; it doubles up to
+/// [`RETRY_MAX`] (or follows the forge's `Retry-After`).
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long a delivery is retried before it ends `failed` (a repository that is gone, a clone
+/// URL that never answers): longer than any forge outage worth waiting out.
+const RETRY_FOR: Duration = Duration::from_secs(6 * 3600);
+
+/// Forge reads that planning makes at once, per forge. GitHub's secondary rate limit allows 100
+/// concurrent requests per token; Gantry keeps well under it, leaving room for the statuses.
+pub const FORGE_READS: usize = 16;
+
+static READS: [Semaphore; 4] = [
+    Semaphore::const_new(FORGE_READS),
+    Semaphore::const_new(FORGE_READS),
+    Semaphore::const_new(FORGE_READS),
+    Semaphore::const_new(FORGE_READS),
+];
+
+fn reads(forge: ForgeKind) -> &'static Semaphore {
+    match forge {
+        ForgeKind::Github => &READS[0],
+        ForgeKind::Gitlab => &READS[1],
+        ForgeKind::Gitea => &READS[2],
+        ForgeKind::Local => &READS[3],
+    }
+}
+
+/// Why planning one delivery stopped short.
+enum Failure {
+    /// It can never succeed (no such commit, no access): the delivery ends `failed`.
+    Permanent(String),
+    /// The forge or the store failed in a way that may pass: try again.
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// The engine is stopping: the delivery stays `received` for the next start.
+    Stopping,
+}
+
 /// Reads the pipelines at the trigger's commit and submits them; records the outcome on the
-/// delivery so it is visible through the API. Never panics, never loses the delivery: a failure
-/// is recorded with its reason.
+/// delivery so it is visible through the API. Never panics, never loses the delivery: a
+/// transient failure (the forge timing out, answering 5xx or 429, the store unable to write) is
+/// retried with backoff until it passes or the server stops (the next start plans the delivery
+/// again); only a permanent one ends it, with its reason.
 pub async fn plan_delivery(
     state: &AppState,
     forge: ForgeKind,
@@ -102,7 +147,88 @@ pub async fn plan_delivery(
     stored: StoredTrigger,
 ) {
     let store = state.engine.store();
-    let mut trigger = stored.trigger;
+    let token = state.engine.shutdown_token();
+    let mut wait = RETRY_FIRST;
+    let mut attempt = 1u32;
+    let since = std::time::Instant::now();
+    let outcome = loop {
+        match plan_once(state, forge, delivery_id, &stored).await {
+            Ok(outcome) => break outcome,
+            Err(Failure::Permanent(reason)) => {
+                tracing::warn!(delivery = delivery_id, %reason, "planning failed");
+                break (DeliveryState::Failed, Some(reason), Vec::new());
+            }
+            Err(Failure::Stopping) => return,
+            Err(Failure::Transient { reason, .. }) if since.elapsed() >= RETRY_FOR => {
+                let reason = format!("gave up after {attempt} attempts in 6 hours: {reason}");
+                tracing::warn!(delivery = delivery_id, %reason, "planning failed");
+                break (DeliveryState::Failed, Some(reason), Vec::new());
+            }
+            Err(Failure::Transient {
+                reason,
+                retry_after,
+            }) => {
+                let pause = retry_after.unwrap_or(wait).min(RETRY_MAX);
+                tracing::warn!(
+                    delivery = delivery_id,
+                    attempt,
+                    %reason,
+                    retry_in = ?pause,
+                    "planning failed; trying again"
+                );
+                // Visible through the API meanwhile (when the store can be written).
+                let note = format!("planning attempt {attempt} failed, trying again: {reason}");
+                let _ = store
+                    .set_delivery_outcome(
+                        forge,
+                        delivery_id,
+                        DeliveryState::Received,
+                        Some(&note),
+                        &[],
+                    )
+                    .await;
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                wait = (wait * 2).min(RETRY_MAX);
+                attempt += 1;
+            }
+        }
+    };
+    // The runs exist now: only the record of the outcome is left, and it must not plan again.
+    let (delivery_state, reason, runs) = outcome;
+    let mut wait = RETRY_FIRST;
+    loop {
+        match store
+            .set_delivery_outcome(forge, delivery_id, delivery_state, reason.as_deref(), &runs)
+            .await
+        {
+            Ok(()) => return,
+            Err(err) if err.is_unavailable() && !token.is_cancelled() => {
+                tracing::warn!(delivery = delivery_id, error = %err, "cannot record the delivery's outcome yet");
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+            Err(err) => {
+                tracing::error!(delivery = delivery_id, error = %err, "recording the delivery's outcome failed");
+                return;
+            }
+        }
+    }
+}
+
+/// One try at planning: the delivery's final state, reason and runs.
+async fn plan_once(
+    state: &AppState,
+    forge: ForgeKind,
+    delivery_id: &str,
+    stored: &StoredTrigger,
+) -> Result<(DeliveryState, Option<String>, Vec<gantry_core::RunId>), Failure> {
+    let mut trigger = stored.trigger.clone();
     if let (Some((before, after)), None) = (&stored.compare, &trigger.changed_paths) {
         // The payload did not list every changed path: ask git rather than guess. When that
         // fails too, the paths stay unknown and `paths` filters match (run rather than miss).
@@ -113,61 +239,79 @@ pub async fn plan_delivery(
             }
         }
     }
-    let outcome = match state.sources.get(&forge) {
-        None => Err(format!("no way to read {forge} repositories is configured")),
-        Some(source) => source
-            .pipelines(&trigger.repo, &trigger.sha)
+    let Some(source) = state.sources.get(&forge) else {
+        return Err(Failure::Permanent(format!(
+            "no way to read {forge} repositories is configured"
+        )));
+    };
+    let files = {
+        let _permit = reads(forge)
+            .acquire()
             .await
-            .map_err(|e| format!("cannot read the pipeline files at {}: {e}", trigger.sha)),
+            .map_err(|_| Failure::Stopping)?;
+        source.pipelines(&trigger.repo, &trigger.sha).await
     };
-    let result = match outcome {
-        Err(reason) => {
-            tracing::warn!(delivery = delivery_id, %reason, "planning failed");
-            store
-                .set_delivery_outcome(
-                    forge,
-                    delivery_id,
-                    DeliveryState::Failed,
-                    Some(&reason),
-                    &[],
-                )
-                .await
-        }
-        Ok(files) if files.is_empty() => {
-            let reason = format!(
-                "no pipeline at {}: expected .gantry.yaml or .gantry/*.yaml",
-                trigger.sha
-            );
-            tracing::info!(delivery = delivery_id, %reason, "nothing to run");
-            store
-                .set_delivery_outcome(
-                    forge,
-                    delivery_id,
-                    DeliveryState::Planned,
-                    Some(&reason),
-                    &[],
-                )
-                .await
-        }
-        Ok(files) => match state.engine.submit(trigger, files).await {
-            Ok(runs) => {
-                let reason = runs
-                    .is_empty()
-                    .then_some("no pipeline's `on:` matches this event");
-                tracing::info!(delivery = delivery_id, runs = runs.len(), "planned");
-                store
-                    .set_delivery_outcome(forge, delivery_id, DeliveryState::Planned, reason, &runs)
-                    .await
+    let files = files.map_err(|e| {
+        let reason = format!("cannot read the pipeline files at {}: {e}", trigger.sha);
+        if is_transient(&e) {
+            Failure::Transient {
+                reason,
+                retry_after: retry_after(&e),
             }
-            Err(err) => {
-                // Left `received`: the next start plans it again.
-                tracing::error!(delivery = delivery_id, error = %err, "submitting the runs failed");
-                return;
+        } else {
+            Failure::Permanent(reason)
+        }
+    })?;
+    if files.is_empty() {
+        let reason = format!(
+            "no pipeline at {}: expected .gantry.yaml or .gantry/*.yaml",
+            trigger.sha
+        );
+        tracing::info!(delivery = delivery_id, %reason, "nothing to run");
+        return Ok((DeliveryState::Planned, Some(reason), Vec::new()));
+    }
+    match state.engine.submit(trigger, files).await {
+        Ok(runs) => {
+            let reason = runs
+                .is_empty()
+                .then(|| "no pipeline's `on:` matches this event".to_owned());
+            tracing::info!(delivery = delivery_id, runs = runs.len(), "planned");
+            Ok((DeliveryState::Planned, reason, runs))
+        }
+        Err(gantry_engine::Error::ShuttingDown) => Err(Failure::Stopping),
+        Err(gantry_engine::Error::Store(err)) if err.is_unavailable() => Err(Failure::Transient {
+            reason: format!("the runs cannot be stored: {err}"),
+            retry_after: None,
+        }),
+        Err(err) => {
+            // Left `received`: the next start plans it again.
+            tracing::error!(delivery = delivery_id, error = %err, "submitting the runs failed");
+            Err(Failure::Stopping)
+        }
+    }
+}
+
+/// A forge answer worth waiting out: timeouts and no answer, 5xx, 429, and a 403 that carries
+/// a rate limit's `Retry-After` (GitHub's secondary limit answers 403).
+fn is_transient(err: &ForgeError) -> bool {
+    err.is_retryable()
+        || matches!(
+            err,
+            ForgeError::Api {
+                status: 403,
+                retry_after: Some(_),
+                ..
             }
-        },
-    };
-    if let Err(err) = result {
-        tracing::error!(delivery = delivery_id, error = %err, "recording the delivery's outcome failed");
+        )
+}
+
+fn retry_after(err: &ForgeError) -> Option<Duration> {
+    match err {
+        ForgeError::Api {
+            retry_after: Some(secs),
+            ..
+        } => Some(Duration::from_secs(*secs)),
+        _ => None,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod intake;
 mod logs_api;
 pub mod metrics;
 pub mod openapi;
+mod storage;
 mod viewer;
 mod views;
 
@@ -35,6 +36,7 @@ pub use error::ApiError;
 pub use gantry_logs;
 pub use intake::PipelineSource;
 pub use metrics::{Metrics, Ops, Probe};
+pub use storage::Storage;
 pub use views::{JobView, RunView, StepView};
 
 /// The largest webhook body accepted (GitHub caps payloads at 25 MB); larger ones get 413.

@@ -34,6 +34,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::AppState;
+use crate::storage::Storage;
 
 /// The content type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -93,6 +94,11 @@ struct KubeLabels {
     code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
 struct Inner {
     registry: Registry,
     deliveries: Family<DeliveryLabels, Counter>,
@@ -109,6 +115,8 @@ struct Inner {
     status_reports: Family<StatusLabels, Counter>,
     kube_requests: Family<KubeLabels, Counter>,
     engine_active: Gauge,
+    storage_failures: Family<TargetLabels, Counter>,
+    storage: Storage,
 }
 
 /// Gantry's metrics. Clones share one registry.
@@ -138,7 +146,7 @@ impl Metrics {
         let deliveries = Family::<DeliveryLabels, Counter>::default();
         registry.register(
             "webhook_deliveries",
-            "Webhook deliveries by forge and result (accepted, ignored, duplicate, pong, unauthorized, invalid, too_large, error)",
+            "Webhook deliveries by forge and result (accepted, ignored, duplicate, pong, unauthorized, invalid, too_large, unavailable, error)",
             deliveries.clone(),
         );
         let runs_created = Counter::default();
@@ -216,6 +224,12 @@ impl Metrics {
             "1 when this replica runs the engine (the leader, or leader election is off)",
             engine_active.clone(),
         );
+        let storage_failures = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "storage_write_failures",
+            "Writes Gantry could not make, by target: database (a state change or a delivery), logs (a step log line), data_directory (the readiness probe)",
+            storage_failures.clone(),
+        );
         Self(Arc::new(Inner {
             registry,
             deliveries,
@@ -232,6 +246,8 @@ impl Metrics {
             status_reports,
             kube_requests,
             engine_active,
+            storage_failures,
+            storage: Storage::default(),
         }))
     }
 
@@ -288,7 +304,37 @@ fn state_labels(state: JobState) -> StateLabels {
     }
 }
 
+impl Metrics {
+    /// Whether the data directory and the database can be written (see [`Storage`]).
+    pub fn storage(&self) -> &Storage {
+        &self.0.storage
+    }
+
+    /// A write to `target` failed: counted, and the storage is not writable until a probe
+    /// succeeds again.
+    pub fn storage_failed(&self, target: &'static str, reason: impl Into<String>) {
+        self.0
+            .storage_failures
+            .get_or_create(&TargetLabels {
+                target: target.to_owned(),
+            })
+            .inc();
+        self.0.storage.write_failed(reason);
+    }
+}
+
 impl gantry_engine::Observer for Metrics {
+    fn store_write_failed(&self, error: &str) {
+        self.storage_failed(
+            "database",
+            format!("the database cannot be written: {error}"),
+        );
+    }
+
+    fn log_line_lost(&self, error: &str) {
+        self.storage_failed("logs", format!("step logs cannot be written: {error}"));
+    }
+
     fn run_created(&self) {
         self.0.runs_created.inc();
     }
@@ -363,6 +409,11 @@ pub(crate) async fn ready(
             down.push("database");
         }
     }
+    let mut why = Vec::new();
+    if let Err(reason) = ops.metrics.storage().check().await {
+        tracing::warn!(%reason, "readyz: storage cannot be written");
+        why.push(reason);
+    }
     for probe in &ops.probes {
         match tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await {
             Ok(Ok(())) => {}
@@ -376,10 +427,21 @@ pub(crate) async fn ready(
             }
         }
     }
-    if down.is_empty() {
+    if down.is_empty() && why.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        let text = format!("not ready: {} unreachable\n", down.join(", "));
+        let mut text = String::from("not ready:");
+        if !down.is_empty() {
+            text.push_str(&format!(" {} unreachable", down.join(", ")));
+        }
+        for reason in why {
+            if text.len() > "not ready:".len() {
+                text.push(';');
+            }
+            text.push(' ');
+            text.push_str(&reason);
+        }
+        text.push('\n');
         (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
     }
 }
@@ -422,6 +484,7 @@ pub(crate) async fn count_delivery(
         let result = match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "unauthorized",
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             s if s.is_client_error() => "invalid",
             _ => "error",
         };

@@ -59,6 +59,31 @@ pub enum Error {
     Corrupt { what: &'static str, message: String },
 }
 
+impl Error {
+    /// The database cannot be written right now, though nothing is wrong with the request: a
+    /// full disk or an I/O error (SQLite `SQLITE_FULL`, `SQLITE_IOERR`, `SQLITE_BUSY`;
+    /// PostgreSQL classes 53 "insufficient resources", 57 "operator intervention", 58 "system
+    /// error" and 08 "connection exception"), or no connection. Worth retrying later.
+    pub fn is_unavailable(&self) -> bool {
+        let Error::Db(err) = self else { return false };
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // SQLite reports (extended) result codes as numbers: the primary code is the
+                // low byte.
+                match code.parse::<u32>() {
+                    Ok(n) => matches!(n & 0xff, 5 | 10 | 13),
+                    Err(_) => ["53", "57", "58", "08"].iter().any(|c| code.starts_with(c)),
+                }
+            }),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Which database a [`Store`] talks to.
@@ -91,6 +116,7 @@ impl Store {
                 AnyPoolOptions::new()
                     // SQLite has one writer; a few readers next to it are plenty.
                     .max_connections(4)
+                    .after_release(release_check)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // WAL: readers never block the writer. The busy timeout makes a
@@ -109,6 +135,7 @@ impl Store {
                 AnyPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(30))
+                    .after_release(release_check)
                     .connect_with(options)
                     .await
             }
@@ -151,6 +178,27 @@ impl Store {
     pub(crate) async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
         Ok(self.pool.acquire().await?)
     }
+}
+
+/// Run on every connection handed back to the pool: one still inside a transaction is closed,
+/// not reused. A write that fails (SQLite: "database or disk is full", an I/O error) may end the
+/// transaction inside the database while sqlx still counts it open; its rollback then fails too,
+/// and the next `BEGIN` on that connection would be refused ("attempted to call begin_with at
+/// non-zero transaction depth") for as long as the process lives. The ping first lets the
+/// rollback that dropping a [`Tx`] queues run before the check.
+fn release_check(
+    conn: &mut sqlx::AnyConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<bool, sqlx::Error>> + Send + '_>> {
+    Box::pin(async move {
+        use sqlx::Connection as _;
+        conn.ping().await?;
+        if conn.is_in_transaction() {
+            tracing::warn!("a database connection was left inside a failed transaction: closed");
+            return Ok(false);
+        }
+        Ok(true)
+    })
 }
 
 /// One write transaction. Dropped without [`Tx::commit`], it rolls back.

@@ -948,3 +948,59 @@ async fn a_database_at_schema_2_keeps_its_rows_and_gains_step_summaries(db: Empt
     );
     assert_eq!(j.steps[1].reason.as_deref(), Some("2 tests failed"));
 }
+
+async fn try_insert(store: &Store, run: &RunRecord, jobs: &[&Job]) -> gantry_store::Result<()> {
+    let key = repo_key(&run.run.trigger);
+    let mut tx = store.begin().await?;
+    tx.insert_run(run).await?;
+    for (i, j) in jobs.iter().enumerate() {
+        tx.insert_job(j, i, &key).await?;
+    }
+    tx.commit().await
+}
+
+/// A full disk fails writes, and only while it is full: once space returns every connection of
+/// the pool writes again, without a restart. (Before, a write that failed on a full disk left
+/// its connection counted inside a transaction, and every later write on it failed with
+/// "attempted to call begin_with at non-zero transaction depth".)
+#[tokio::test]
+async fn a_full_disk_fails_writes_only_while_it_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut disk = gantry_core::faults::SmallDisk::mount(dir.path(), 4 * 1024 * 1024);
+    let url = format!("sqlite://{}/gantry.db", dir.path().display());
+    let store = Store::open(&url).await.unwrap();
+    let big = "x".repeat(64 * 1024);
+    let stuffed = |i: usize| {
+        let mut r = run(trigger(&format!("acme/full-{i}"), "main"));
+        r.reason = Some(big.clone());
+        r
+    };
+    disk.fill();
+    let mut refused = Vec::new();
+    for i in 0..40 {
+        let r = stuffed(i);
+        let j = job(&r, "build", &[]);
+        if let Err(err) = try_insert(&store, &r, &[&j]).await {
+            refused.push(err.to_string());
+        }
+    }
+    assert!(
+        refused.len() > 30,
+        "a full disk refuses writes: only {} of 40 failed",
+        refused.len()
+    );
+    assert!(
+        refused.iter().all(|e| e.contains("full")),
+        "each failure says the disk is full: {refused:#?}"
+    );
+    disk.free();
+    // More writes than the pool has connections: each connection is used again.
+    for i in 100..120 {
+        let r = stuffed(i);
+        let j = job(&r, "build", &[]);
+        try_insert(&store, &r, &[&j])
+            .await
+            .unwrap_or_else(|e| panic!("write {i} after space returned: {e}"));
+        assert!(store.get_run(r.run.id).await.unwrap().is_some());
+    }
+}

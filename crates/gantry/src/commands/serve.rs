@@ -431,6 +431,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let choice = args.backend.or(file.backend).unwrap_or(BackendChoice::Auto);
     let metrics = gantry_server::Metrics::new();
+    // `/readyz` and the webhook route ask whether the data directory can be written.
+    metrics.storage().watch(&data_dir);
     let cluster =
         match choice {
             BackendChoice::Local => None,
