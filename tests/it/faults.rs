@@ -254,3 +254,76 @@ async fn a_forge_that_fails_reads_for_a_while_loses_no_delivery() {
     assert_eq!(run["status"], "success", "{run:#}");
     gantry.kill_hard();
 }
+
+/// 300 clients send their request heads a byte a second: `gantry serve` cuts each off after its
+/// header timeout, and a webhook and `/healthz` sent meanwhile are answered. (Before: the slow
+/// connections stayed open as long as they dripped, and with the process's file limit reached,
+/// webhooks timed out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_webhooks_are_still_answered() {
+    use tokio::io::AsyncWriteExt;
+    let daemon = GitDaemon::start();
+    let repo = Repo::new();
+    repo.write(
+        ".gantry.yaml",
+        "name: ci\njobs:\n  test:\n    steps:\n      - run: echo ok\n",
+    );
+    let sha = repo.commit("pipeline");
+    let url = daemon.publish(&repo, "slow.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = Gantry::start(data.path(), &github.url, &[]);
+    let addr = gantry.url.trim_start_matches("http://").to_owned();
+    let started = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        slow.push(tokio::spawn(async move {
+            let head = b"POST /hooks/github HTTP/1.1\r\nHost: gantry\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            for b in head {
+                if stream.write_all(&[*b]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            false
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    gantry_forge::install_crypto_provider();
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let health = quick
+        .get(format!("{}/healthz", gantry.url))
+        .send()
+        .await
+        .expect("/healthz answers while slow clients are connected");
+    assert_eq!(health.status(), 200);
+    let (status, answer) = send_push(
+        &gantry,
+        "among-slow-clients",
+        &push_payload("slow", &url, ZERO, &sha, &[]),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    // Each slow connection is closed by the server (its writes start failing), long before
+    // its head would have been complete (about 80 s).
+    let mut cut = 0;
+    for task in slow {
+        if task.await.unwrap() {
+            cut += 1;
+        }
+    }
+    assert_eq!(cut, 300, "every slow client is cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(70),
+        "cut off after the header timeout, not when done: {:?}",
+        started.elapsed()
+    );
+    let runs = runs_of_delivery(&gantry, "among-slow-clients").await;
+    let run = final_run_within(&gantry, &runs[0], Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    gantry.kill_hard();
+}

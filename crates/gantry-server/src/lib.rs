@@ -10,6 +10,7 @@ mod api;
 mod error;
 mod hooks;
 pub mod intake;
+pub mod listen;
 mod logs_api;
 pub mod metrics;
 pub mod openapi;

@@ -633,17 +633,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         metrics: metrics.clone(),
         probes,
     };
-    let server =
-        axum::serve(listener, gantry_server::app_with(state, ops)).with_graceful_shutdown({
-            let shutdown = shutdown.clone();
-            async move {
-                tokio::select! {
-                    _ = shutdown_signal() => {}
-                    _ = shutdown.cancelled() => {}
-                }
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = shutdown.cancelled() => {}
             }
-        });
-    server.await.context("the HTTP server failed")?;
+        }
+    };
+    gantry_server::listen::serve(
+        listener,
+        gantry_server::app_with(state, ops),
+        gantry_server::listen::Limits::default(),
+        stop,
+    )
+    .await
+    .context("the HTTP server failed")?;
     eprintln!("gantry: shutting down: finishing writes");
     engine.shutdown().await;
     if let Some(leadership) = leadership {
