@@ -252,6 +252,15 @@ async fn a_forge_that_fails_reads_for_a_while_loses_no_delivery() {
     assert_eq!(runs.len(), 1);
     let run = final_run_within(&gantry, &runs[0], Duration::from_secs(60)).await;
     assert_eq!(run["status"], "success", "{run:#}");
+    let text = metrics(&gantry).await;
+    assert_eq!(
+        counter(
+            &text,
+            "gantry_planning_failures_total{outcome=\"retried\",cause=\"forge\"}"
+        ),
+        3,
+        "each failed attempt is counted:\n{text}"
+    );
     gantry.kill_hard();
 }
 

@@ -200,6 +200,11 @@ impl Engine {
         &self.0.store
     }
 
+    /// What watches this engine: the server reports what happens around it (planning) there too.
+    pub fn observer(&self) -> &dyn crate::Observer {
+        &*self.0.observer
+    }
+
     /// Statuses the reporter gave up on since this engine started.
     pub fn dropped_statuses(&self) -> u64 {
         self.0.dropped_statuses.load(Ordering::Relaxed)

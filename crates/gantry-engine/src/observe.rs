@@ -27,6 +27,10 @@ pub trait Observer: Send + Sync + 'static {
     fn store_write_failed(&self, _error: &str) {}
     /// A step log line could not be stored.
     fn log_line_lost(&self, _error: &str) {}
+    /// Planning a delivery failed: `outcome` is `retried` (a transient failure: the forge timed
+    /// out or answered 5xx/429, the store could not write) or `failed` (a permanent one: the
+    /// delivery ends); `cause` is `forge`, `store` or `config`.
+    fn planning_failed(&self, _outcome: &'static str, _cause: &'static str) {}
     /// A commit status was sent to a forge: `delivered`, `retried` or `dropped`.
     fn status_reported(&self, _forge: ForgeKind, _result: &'static str) {}
 }

@@ -125,10 +125,11 @@ fn reads(forge: ForgeKind) -> &'static Semaphore {
 /// Why planning one delivery stopped short.
 enum Failure {
     /// It can never succeed (no such commit, no access): the delivery ends `failed`.
-    Permanent(String),
+    Permanent { reason: String, cause: &'static str },
     /// The forge or the store failed in a way that may pass: try again.
     Transient {
         reason: String,
+        cause: &'static str,
         retry_after: Option<Duration>,
     },
     /// The engine is stopping: the delivery stays `received` for the next start.
@@ -154,20 +155,24 @@ pub async fn plan_delivery(
     let outcome = loop {
         match plan_once(state, forge, delivery_id, &stored).await {
             Ok(outcome) => break outcome,
-            Err(Failure::Permanent(reason)) => {
+            Err(Failure::Permanent { reason, cause }) => {
+                state.engine.observer().planning_failed("failed", cause);
                 tracing::warn!(delivery = delivery_id, %reason, "planning failed");
                 break (DeliveryState::Failed, Some(reason), Vec::new());
             }
             Err(Failure::Stopping) => return,
-            Err(Failure::Transient { reason, .. }) if since.elapsed() >= RETRY_FOR => {
+            Err(Failure::Transient { reason, cause, .. }) if since.elapsed() >= RETRY_FOR => {
+                state.engine.observer().planning_failed("failed", cause);
                 let reason = format!("gave up after {attempt} attempts in 6 hours: {reason}");
                 tracing::warn!(delivery = delivery_id, %reason, "planning failed");
                 break (DeliveryState::Failed, Some(reason), Vec::new());
             }
             Err(Failure::Transient {
                 reason,
+                cause,
                 retry_after,
             }) => {
+                state.engine.observer().planning_failed("retried", cause);
                 let pause = retry_after.unwrap_or(wait).min(RETRY_MAX);
                 tracing::warn!(
                     delivery = delivery_id,
@@ -240,9 +245,10 @@ async fn plan_once(
         }
     }
     let Some(source) = state.sources.get(&forge) else {
-        return Err(Failure::Permanent(format!(
-            "no way to read {forge} repositories is configured"
-        )));
+        return Err(Failure::Permanent {
+            reason: format!("no way to read {forge} repositories is configured"),
+            cause: "config",
+        });
     };
     let files = {
         let _permit = reads(forge)
@@ -256,10 +262,14 @@ async fn plan_once(
         if is_transient(&e) {
             Failure::Transient {
                 reason,
+                cause: "forge",
                 retry_after: retry_after(&e),
             }
         } else {
-            Failure::Permanent(reason)
+            Failure::Permanent {
+                reason,
+                cause: "forge",
+            }
         }
     })?;
     if files.is_empty() {
@@ -281,6 +291,7 @@ async fn plan_once(
         Err(gantry_engine::Error::ShuttingDown) => Err(Failure::Stopping),
         Err(gantry_engine::Error::Store(err)) if err.is_unavailable() => Err(Failure::Transient {
             reason: format!("the runs cannot be stored: {err}"),
+            cause: "store",
             retry_after: None,
         }),
         Err(err) => {

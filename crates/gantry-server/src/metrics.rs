@@ -95,6 +95,12 @@ struct KubeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlanningLabels {
+    outcome: String,
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
     target: String,
 }
@@ -116,6 +122,7 @@ struct Inner {
     kube_requests: Family<KubeLabels, Counter>,
     engine_active: Gauge,
     storage_failures: Family<TargetLabels, Counter>,
+    planning_failures: Family<PlanningLabels, Counter>,
     storage: Storage,
 }
 
@@ -230,6 +237,12 @@ impl Metrics {
             "Writes Gantry could not make, by target: database (a state change or a delivery), logs (a step log line), data_directory (the readiness probe)",
             storage_failures.clone(),
         );
+        let planning_failures = Family::<PlanningLabels, Counter>::default();
+        registry.register(
+            "planning_failures",
+            "Failed attempts to plan a delivery, by outcome (retried, failed: the delivery ended) and cause (forge, store, config)",
+            planning_failures.clone(),
+        );
         Self(Arc::new(Inner {
             registry,
             deliveries,
@@ -247,6 +260,7 @@ impl Metrics {
             kube_requests,
             engine_active,
             storage_failures,
+            planning_failures,
             storage: Storage::default(),
         }))
     }
@@ -329,6 +343,16 @@ impl gantry_engine::Observer for Metrics {
             "database",
             format!("the database cannot be written: {error}"),
         );
+    }
+
+    fn planning_failed(&self, outcome: &'static str, cause: &'static str) {
+        self.0
+            .planning_failures
+            .get_or_create(&PlanningLabels {
+                outcome: outcome.to_owned(),
+                cause: cause.to_owned(),
+            })
+            .inc();
     }
 
     fn log_line_lost(&self, error: &str) {
