@@ -646,7 +646,14 @@ impl Inner {
             .record_finish(&tracking, job_id, attempt, state, reason)
             .await
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if tracking.unrecorded.is_some() {
+                    // The store takes writes again: the step logs can get what the full disk
+                    // kept out (the notice of lost lines, the end markers).
+                    self.logs.attempt_finished(job_id, attempt).await;
+                }
+                Ok(())
+            }
             Err(err) => {
                 // Not recorded: keep tracking the attempt, so that the next tick records its
                 // end once the store can be written (the backend will not say it again).

@@ -44,6 +44,11 @@ pub struct Progress {
     pub lines: u64,
     /// The step ended: no line will follow.
     pub closed: bool,
+    /// Lines that could not be stored (the data directory was full or failing): above 0 the
+    /// log is incomplete. While the step is being written, the count so far; once it has
+    /// ended, what its end marker says (0 for a step only in the archive: the marker is not
+    /// archived, the notice line at the end of the log is).
+    pub lost_lines: u64,
 }
 
 #[derive(Debug)]
@@ -64,6 +69,8 @@ impl Live {
             progress: watch::Sender::new(Progress {
                 lines,
                 closed: false,
+                // Not kept here: `Logs` counts lost lines and `Logs::progress` fills them in.
+                lost_lines: 0,
             }),
             ring: Mutex::new(Ring::default()),
         })

@@ -5,13 +5,15 @@
 //! ```text
 //! <job id>/<attempt>/<step>.log   records: "<RFC 3339 time> <stdout|stderr|system> <text>\n"
 //! <job id>/<attempt>/<step>.idx   the byte offset of every record, u64 little-endian
-//! <job id>/<attempt>/<step>.end   present once the step has ended and its log is complete
+//! <job id>/<attempt>/<step>.end   present once the step has ended: empty, or "lost N\n" when N
+//!                                 lines could not be stored (the log is incomplete)
 //! ```
 //!
 //! Line `n` (1-based) starts at index entry `n - 1`, so any range is two positioned reads —
 //! no scanning, whatever the log's size. A record is written to the log before its index entry;
 //! after a crash, [`LogStore::repair`] indexes the complete records the index missed and drops
-//! a torn tail, so the log holds every line whose append returned.
+//! a torn tail, so the log holds every line whose append returned. An append that fails (a full
+//! disk) takes back what it wrote of itself, so the lines after it are indexed right.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -230,6 +232,8 @@ impl LogStore {
             fs::create_dir_all(dir)?;
         }
         let lines = self.repair(key)?;
+        // Append mode: every write lands at the file's end, also after a failed append has cut
+        // the file back (`StepWriter::take_back`).
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -246,6 +250,7 @@ impl LogStore {
             lines,
             record: Vec::with_capacity(256),
             entries: Vec::with_capacity(64),
+            torn: false,
         })
     }
 
@@ -312,9 +317,43 @@ impl LogStore {
         }
     }
 
-    /// Has the step ended with its log complete?
+    /// Has the step ended (its line count is final)?
     pub fn is_complete(&self, key: StepKey) -> bool {
         self.files(key).end.exists()
+    }
+
+    /// Marks the step as ended, with the number of its lines that could not be stored. Nothing
+    /// lost is an empty marker (as stores written before the count existed have); a count is
+    /// written to a temporary file renamed into place, so a marker that could not be written
+    /// whole (a full disk) is not there at all rather than empty, which would say nothing was
+    /// lost.
+    pub fn mark_ended(&self, key: StepKey, lost_lines: u64) -> io::Result<()> {
+        let files = self.files(key);
+        if lost_lines == 0 {
+            return File::create(&files.end).map(drop);
+        }
+        let tmp = files.end.with_extension("end.tmp");
+        let written = fs::write(&tmp, format!("lost {lost_lines}\n"))
+            .and_then(|()| fs::rename(&tmp, &files.end));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// The number of lines of an ended step that could not be stored, from its `.end` marker:
+    /// 0 when the marker is empty or missing (the step has not ended, or nothing was lost).
+    pub fn lost_lines(&self, key: StepKey) -> io::Result<u64> {
+        let marker = match fs::read(self.files(key).end) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        Ok(std::str::from_utf8(&marker)
+            .ok()
+            .and_then(|m| m.trim_end().strip_prefix("lost "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
     }
 
     /// Does any file of this step exist?
@@ -558,6 +597,9 @@ pub struct StepWriter {
     lines: u64,
     record: Vec<u8>,
     entries: Vec<u8>,
+    /// A failed append may have left part of itself in the files, and cutting it off failed
+    /// too: the next append tries again first.
+    torn: bool,
 }
 
 impl StepWriter {
@@ -567,7 +609,8 @@ impl StepWriter {
     }
 
     /// Appends `text` as one or more lines (split at newlines and at [`MAX_LINE_BYTES`]) and
-    /// returns them as stored.
+    /// returns them as stored. On an error (a full disk) nothing of `text` is kept: both files
+    /// are cut back to where they were, so a later append is indexed right.
     pub fn append(
         &mut self,
         at: Timestamp,
@@ -597,12 +640,34 @@ impl StepWriter {
                 text: piece.to_owned(),
             });
         }
+        if self.torn {
+            self.take_back()?;
+        }
         // The record first: an index entry must never point past the log.
-        self.log.write_all(&self.record)?;
-        self.index.write_all(&self.entries)?;
+        let written = self
+            .log
+            .write_all(&self.record)
+            .and_then(|()| self.index.write_all(&self.entries));
+        if let Err(err) = written {
+            // Part of the record or of its entries may be in the files: without cutting it off,
+            // the next entries would point into it. When this fails too, the next append
+            // tries again before writing.
+            self.torn = true;
+            let _ = self.take_back();
+            return Err(err);
+        }
         self.log_len = offset;
         self.lines += stored.len() as u64;
         Ok(stored)
+    }
+
+    /// Cuts both files back to the lines appended so far. The files are in append mode, so the
+    /// next write lands at the new end.
+    fn take_back(&mut self) -> io::Result<()> {
+        self.log.set_len(self.log_len)?;
+        self.index.set_len(self.lines * 8)?;
+        self.torn = false;
+        Ok(())
     }
 
     pub fn sync(&mut self) -> io::Result<()> {
@@ -637,5 +702,232 @@ impl Iterator for RawText {
             }
         }
         (!out.is_empty()).then_some(Ok(out))
+    }
+}
+
+/// A small tmpfs mounted for a test, to fill it up for real: `ENOSPC` from the kernel, not a
+/// mock. Mounting needs root (the tests run as root in CI); without it the test fails saying so.
+#[cfg(test)]
+pub(crate) mod tmpfs {
+    use std::fs::{self, File};
+    use std::io::{self, Write};
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    pub(crate) struct Tmpfs {
+        dir: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) on a new temporary directory.
+        pub(crate) fn mount(size: &str) -> Self {
+            let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let euid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1))
+                .unwrap_or("unknown");
+            assert!(
+                euid == "0",
+                "this test needs root to mount a tmpfs (mount -t tmpfs) and fill it up; it runs \
+                 as uid {euid}: run it as root (CI does)"
+            );
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .output()
+                .expect("mount(8) runs");
+            assert!(
+                out.status.success(),
+                "this test needs root to mount a tmpfs, and `mount -t tmpfs` failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Self { dir }
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// Writes a file until the tmpfs is full; returns its path (delete it to free the space).
+        pub(crate) fn fill(&self, name: &str) -> PathBuf {
+            let path = self.path().join(name);
+            let mut file = File::create(&path).expect("a filler file");
+            let chunk = vec![b'x'; 4096];
+            loop {
+                match file.write_all(&chunk) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(28) => break,
+                    Err(e) => panic!("filling the tmpfs: {e}"),
+                }
+            }
+            path
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    /// Is this the error of a full disk?
+    pub(crate) fn is_enospc(e: &io::Error) -> bool {
+        e.raw_os_error() == Some(28)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::tmpfs::{Tmpfs, is_enospc};
+    use super::*;
+
+    fn lens(store: &LogStore, key: StepKey) -> (u64, u64) {
+        let files = store.files(key);
+        (
+            fs::metadata(files.log).unwrap().len(),
+            fs::metadata(files.index).unwrap().len(),
+        )
+    }
+
+    /// Every index entry points at the start of its record, and the records are the texts.
+    fn assert_consistent(store: &LogStore, key: StepKey, texts: &[String]) {
+        let lines = store.read(key, 1, usize::MAX, u64::MAX).unwrap();
+        let got: Vec<(u64, &str)> = lines.iter().map(|l| (l.number, l.text.as_str())).collect();
+        let want: Vec<(u64, &str)> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as u64 + 1, t.as_str()))
+            .collect();
+        assert_eq!(got, want, "the log read back is not the lines appended");
+        assert!(lines.iter().all(|l| l.stream == Stream::Stdout));
+        assert_eq!(store.len(key).unwrap(), texts.len() as u64);
+    }
+
+    #[test]
+    fn a_failed_append_on_a_full_disk_leaves_nothing_of_itself_and_later_appends_index_right() {
+        let fs = Tmpfs::mount("512k");
+        let store = LogStore::new(fs.path().join("logs"));
+        let key = StepKey::new(JobId::new(), 1, 0);
+        let mut writer = store.open_writer(key).unwrap();
+        let mut appended: Vec<String> = Vec::new();
+        let append = |writer: &mut StepWriter, appended: &mut Vec<String>, text: String| {
+            let stored = writer.append(gantry_core::now(), Stream::Stdout, &text)?;
+            assert_eq!(stored.len(), 1);
+            assert_eq!(stored[0].number, appended.len() as u64 + 1);
+            appended.push(text);
+            io::Result::Ok(())
+        };
+        // Fill exactly one page of the index (a record of an empty text is 36 bytes, so the log
+        // is 4.5 pages long, its last page half empty).
+        let page = fs::metadata(store.files(key).index).unwrap().blksize();
+        for _ in 0..page / 8 {
+            append(&mut writer, &mut appended, String::new()).unwrap();
+        }
+        let filler = fs.fill("filler");
+
+        // 1. The record fits in the log's last page, its index entry needs a new page: the log
+        //    had the record, and must not keep it.
+        let before = lens(&store, key);
+        let err = append(
+            &mut writer,
+            &mut appended,
+            "fits in the log, not in the index".into(),
+        )
+        .unwrap_err();
+        assert!(is_enospc(&err), "{err}");
+        assert_eq!(
+            lens(&store, key),
+            before,
+            "the failed append left bytes behind"
+        );
+
+        // 2. A record longer than the room left in the log's last page: part of it is written.
+        let err = append(&mut writer, &mut appended, "y".repeat(3 * page as usize)).unwrap_err();
+        assert!(is_enospc(&err), "{err}");
+        assert_eq!(lens(&store, key), before, "the torn record was left behind");
+
+        // 3. Appends until the disk refuses, of sizes that end at various places in a page.
+        fs::remove_file(&filler).unwrap();
+        let filler = fs.fill("filler");
+        let mut failed = 0;
+        for i in 0..2000 {
+            let text = format!("line {i} {}", "z".repeat(i * 37 % 900));
+            match append(&mut writer, &mut appended, text) {
+                Ok(()) => {}
+                Err(e) if is_enospc(&e) => failed += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(failed > 0, "the disk never filled up");
+
+        // 4. Space comes back: the next lines are stored, and indexed right.
+        fs::remove_file(&filler).unwrap();
+        for i in 0..100 {
+            append(&mut writer, &mut appended, format!("after {i}")).unwrap();
+        }
+        drop(writer);
+        assert_consistent(&store, key, &appended);
+
+        // The log needs no repair: nothing changes.
+        let files = store.files(key);
+        let (log, index) = (
+            fs::read(&files.log).unwrap(),
+            fs::read(&files.index).unwrap(),
+        );
+        assert_eq!(store.repair(key).unwrap(), appended.len() as u64);
+        assert_eq!(fs::read(&files.log).unwrap(), log);
+        assert_eq!(fs::read(&files.index).unwrap(), index);
+        // And a writer opened again appends after the last line.
+        let mut writer = store.open_writer(key).unwrap();
+        append(&mut writer, &mut appended, "reopened".into()).unwrap();
+        drop(writer);
+        assert_consistent(&store, key, &appended);
+    }
+
+    #[test]
+    fn the_end_marker_is_empty_without_losses_and_carries_the_count_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(dir.path());
+        let key = StepKey::new(JobId::new(), 1, 0);
+        fs::create_dir_all(store.attempt_dir(key.job, key.attempt)).unwrap();
+        assert_eq!(store.lost_lines(key).unwrap(), 0);
+        assert!(!store.is_complete(key));
+
+        store.mark_ended(key, 0).unwrap();
+        assert!(store.is_complete(key));
+        assert_eq!(fs::read(store.files(key).end).unwrap(), b"");
+        assert_eq!(store.lost_lines(key).unwrap(), 0);
+
+        store.mark_ended(key, 145_037).unwrap();
+        assert_eq!(fs::read(store.files(key).end).unwrap(), b"lost 145037\n");
+        assert_eq!(store.lost_lines(key).unwrap(), 145_037);
+        assert!(!store.files(key).end.with_extension("end.tmp").exists());
+        // Steps that ended are still found for the archive (the temporary name is not one).
+        fs::write(store.files(key).log, b"").unwrap();
+        assert_eq!(store.unarchived().unwrap(), vec![key]);
+    }
+
+    #[test]
+    fn a_count_that_cannot_be_written_leaves_no_marker() {
+        let fs = Tmpfs::mount("64k");
+        let store = LogStore::new(fs.path().join("logs"));
+        let key = StepKey::new(JobId::new(), 1, 0);
+        fs::create_dir_all(store.attempt_dir(key.job, key.attempt)).unwrap();
+        let filler = fs.fill("filler");
+        let err = store.mark_ended(key, 3).unwrap_err();
+        assert!(is_enospc(&err), "{err}");
+        // Not an empty marker, which would say nothing was lost.
+        assert!(!store.is_complete(key));
+        assert!(!store.files(key).end.with_extension("end.tmp").exists());
+        fs::remove_file(filler).unwrap();
+        store.mark_ended(key, 3).unwrap();
+        assert_eq!(store.lost_lines(key).unwrap(), 3);
     }
 }

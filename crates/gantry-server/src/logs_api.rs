@@ -98,6 +98,7 @@ pub async fn page(
         "next": next,
         "total": page.total,
         "complete": page.complete,
+        "lost_lines": page.lost_lines,
         "lines": page.lines,
     })))
 }

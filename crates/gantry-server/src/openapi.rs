@@ -255,9 +255,10 @@ pub fn document() -> Value {
                                 "next": { "type": "integer", "description": "The first line after this page." },
                                 "total": { "type": "integer", "description": "Lines stored so far." },
                                 "complete": { "type": "boolean", "description": "The step has ended: total is final." },
+                                "lost_lines": { "type": "integer", "minimum": 0, "description": "Lines the store could not keep (the data directory was full or failing); above 0 the log is incomplete and ends with a notice line saying so. Counted while the step runs and kept once it has ended; 0 for a step read from the archive only." },
                                 "lines": { "type": "array", "items": { "$ref": "#/components/schemas/LogLine" } }
                             },
-                            "required": ["from", "next", "total", "complete", "lines"]
+                            "required": ["from", "next", "total", "complete", "lost_lines", "lines"]
                         })),
                         "404": error_response("No such job attempt or step.")
                     }
@@ -346,7 +347,19 @@ pub fn document() -> Value {
                         path_param("id", "The forge's delivery id.", json!({ "type": "string" }))
                     ],
                     "responses": {
-                        "200": json_response("The delivery.", json!({ "type": "object" })),
+                        "200": json_response("The delivery.", json!({
+                            "type": "object",
+                            "properties": {
+                                "forge": { "type": "string" },
+                                "delivery": { "type": "string" },
+                                "event": { "type": "string" },
+                                "received_at": { "type": "string", "format": "date-time" },
+                                "state": { "type": "string", "enum": ["received", "planned", "failed"], "description": "received: not planned yet (retried with backoff while the forge or the store fails; reason says why); planned: runs started (none, with a reason, when nothing matched); failed: a permanent answer, with its reason." },
+                                "reason": { "type": ["string", "null"] },
+                                "runs": { "type": "array", "items": { "type": "string", "format": "uuid" } }
+                            },
+                            "required": ["forge", "delivery", "event", "received_at", "state", "reason", "runs"]
+                        })),
                         "404": error_response("No such delivery.")
                     }
                 }
