@@ -116,6 +116,10 @@ impl Store {
                 AnyPoolOptions::new()
                     // SQLite has one writer; a few readers next to it are plenty.
                     .max_connections(4)
+                    // A connection closed after a failed write is opened again on the next
+                    // acquire; on a full disk that can fail until space returns. Fail such a
+                    // write in seconds, not sqlx's default 30 s, so callers retry sooner.
+                    .acquire_timeout(Duration::from_secs(5))
                     .after_release(release_check)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
