@@ -433,10 +433,9 @@ pub(crate) async fn ready(
             down.push("database");
         }
     }
-    let mut why = Vec::new();
-    if let Err(reason) = ops.metrics.storage().check().await {
+    let unwritable = ops.metrics.storage().check().await.err();
+    if let Some(reason) = &unwritable {
         tracing::warn!(%reason, "readyz: storage cannot be written");
-        why.push(reason);
     }
     for probe in &ops.probes {
         match tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await {
@@ -451,21 +450,15 @@ pub(crate) async fn ready(
             }
         }
     }
-    if down.is_empty() && why.is_empty() {
+    if down.is_empty() && unwritable.is_none() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        let mut text = String::from("not ready:");
+        let mut parts = Vec::new();
         if !down.is_empty() {
-            text.push_str(&format!(" {} unreachable", down.join(", ")));
+            parts.push(format!("{} unreachable", down.join(", ")));
         }
-        for reason in why {
-            if text.len() > "not ready:".len() {
-                text.push(';');
-            }
-            text.push(' ');
-            text.push_str(&reason);
-        }
-        text.push('\n');
+        parts.extend(unwritable);
+        let text = format!("not ready: {}\n", parts.join("; "));
         (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
     }
 }
