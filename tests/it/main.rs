@@ -6,6 +6,7 @@ mod cli_run;
 mod delivery_chain;
 mod examples;
 mod faults;
+mod injected;
 mod node;
 mod real_node;
 mod real_node_examples;

@@ -14,6 +14,7 @@ mod spec;
 mod state;
 mod status;
 mod trigger;
+pub mod inject;
 pub mod trivy;
 
 #[cfg(feature = "test-util")]

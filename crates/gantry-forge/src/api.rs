@@ -110,11 +110,37 @@ pub(crate) async fn send(
     forge: ForgeKind,
     request: RequestBuilder,
 ) -> Result<Response, ForgeError> {
+    if let Some(fault) = gantry_core::inject::fault("forge.request") {
+        return Err(injected(forge, fault));
+    }
     let response = request.send().await.map_err(|e| unreachable(forge, e))?;
     if response.status().is_success() {
         Ok(response)
     } else {
         Err(api_error(forge, response).await)
+    }
+}
+
+/// An injected fault (see `gantry_core::inject`) as the forge's answer it stands for; the
+/// request is never sent.
+fn injected(forge: ForgeKind, fault: gantry_core::inject::Fault) -> ForgeError {
+    let api = |status: u16, message: &str, retry_after: Option<u64>| ForgeError::Api {
+        forge,
+        status,
+        message: fault.describe(message),
+        retry_after,
+    };
+    match fault.choose(&[0, 1, 500, 502, 429]) {
+        0 => ForgeError::Unreachable {
+            forge,
+            message: fault.describe("timed out"),
+        },
+        1 => ForgeError::Unreachable {
+            forge,
+            message: fault.describe("connection reset by peer"),
+        },
+        429 => api(429, "API rate limit exceeded", Some(1)),
+        status => api(*status, "Server Error", None),
     }
 }
 

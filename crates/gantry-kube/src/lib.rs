@@ -14,6 +14,7 @@ mod api;
 mod backend;
 mod config;
 pub mod images;
+pub mod inject;
 pub mod lease;
 mod logs;
 

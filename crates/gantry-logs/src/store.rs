@@ -644,10 +644,20 @@ impl StepWriter {
             self.take_back()?;
         }
         // The record first: an index entry must never point past the log.
-        let written = self
-            .log
-            .write_all(&self.record)
-            .and_then(|()| self.index.write_all(&self.entries));
+        let written = match gantry_core::inject::fault("logs.append") {
+            // A write that stopped half way, as on a full disk or a failing device.
+            Some(fault) => {
+                let half = &self.record[..self.record.len() / 2];
+                let kind = *fault.choose(&[io::ErrorKind::StorageFull, io::ErrorKind::Other]);
+                self.log
+                    .write_all(half)
+                    .and_then(|()| Err(io::Error::new(kind, fault.describe("write failed"))))
+            }
+            None => self
+                .log
+                .write_all(&self.record)
+                .and_then(|()| self.index.write_all(&self.entries)),
+        };
         if let Err(err) = written {
             // Part of the record or of its entries may be in the files: without cutting it off,
             // the next entries would point into it. When this fails too, the next append
@@ -671,6 +681,9 @@ impl StepWriter {
     }
 
     pub fn sync(&mut self) -> io::Result<()> {
+        if let Some(fault) = gantry_core::inject::fault("logs.sync") {
+            return Err(io::Error::other(fault.describe("fsync failed")));
+        }
         self.log.sync_data()?;
         self.index.sync_data()
     }

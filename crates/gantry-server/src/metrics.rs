@@ -101,6 +101,11 @@ struct PlanningLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabels {
+    site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
     target: String,
 }
@@ -123,6 +128,7 @@ struct Inner {
     engine_active: Gauge,
     storage_failures: Family<TargetLabels, Counter>,
     planning_failures: Family<PlanningLabels, Counter>,
+    faults_injected: Family<SiteLabels, Gauge>,
     storage: Storage,
 }
 
@@ -243,6 +249,12 @@ impl Metrics {
             "Failed attempts to plan a delivery, by outcome (retried, failed: the delivery ended) and cause (forge, store, config)",
             planning_failures.clone(),
         );
+        let faults_injected = Family::<SiteLabels, Gauge>::default();
+        registry.register(
+            "faults_injected",
+            "Faults injected on purpose (GANTRY_FAULTS, for tests only), by site",
+            faults_injected.clone(),
+        );
         Self(Arc::new(Inner {
             registry,
             deliveries,
@@ -261,6 +273,7 @@ impl Metrics {
             engine_active,
             storage_failures,
             planning_failures,
+            faults_injected,
             storage: Storage::default(),
         }))
     }
@@ -304,6 +317,14 @@ impl Metrics {
                     .set(i64::try_from(running).unwrap_or(i64::MAX));
             }
             Err(err) => tracing::warn!(error = %err, "metrics: cannot count running jobs"),
+        }
+        for (site, n) in gantry_core::inject::injected() {
+            self.0
+                .faults_injected
+                .get_or_create(&SiteLabels {
+                    site: site.to_owned(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         let mut text = String::new();
         // Writing into a String cannot fail.

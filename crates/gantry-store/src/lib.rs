@@ -169,6 +169,9 @@ impl Store {
             DbKind::Sqlite => "BEGIN IMMEDIATE".into(),
             DbKind::Postgres => "BEGIN".into(),
         };
+        if let Some(fault) = gantry_core::inject::fault("store.begin") {
+            return Err(injected(fault, "disk I/O error"));
+        }
         Ok(Tx {
             tx: self.pool.begin_with(begin).await?,
         })
@@ -180,8 +183,16 @@ impl Store {
     }
 
     pub(crate) async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
+        if let Some(fault) = gantry_core::inject::fault("store.read") {
+            return Err(injected(fault, "no database connection in time"));
+        }
         Ok(self.pool.acquire().await?)
     }
+}
+
+/// An injected fault as the I/O error it stands for (see `gantry_core::inject`).
+fn injected(fault: gantry_core::inject::Fault, what: &str) -> Error {
+    Error::Db(sqlx::Error::Io(std::io::Error::other(fault.describe(what))))
 }
 
 /// Run on every connection handed back to the pool: one still inside a transaction is closed,
@@ -213,6 +224,11 @@ pub struct Tx {
 
 impl Tx {
     pub async fn commit(self) -> Result<()> {
+        if let Some(fault) = gantry_core::inject::fault("store.commit") {
+            // As a commit the disk refused: nothing of the transaction is kept.
+            self.tx.rollback().await?;
+            return Err(injected(fault, "disk I/O error while committing"));
+        }
         Ok(self.tx.commit().await?)
     }
 

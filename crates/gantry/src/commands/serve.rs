@@ -79,6 +79,10 @@ pub struct ServeArgs {
     pub gitlab: GitlabArgs,
     #[command(flatten)]
     pub gitea: GiteaArgs,
+
+    /// For Gantry's own tests only: fail on purpose where it says (see docs/testing.md).
+    #[arg(long, env = "GANTRY_FAULTS", hide = true)]
+    pub faults: Option<String>,
 }
 
 /// The log archive in S3 or an S3-compatible object store. Credentials are never flags: they
@@ -232,6 +236,15 @@ fn merge_forge(
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     gantry_forge::install_crypto_provider();
+    if let Some(text) = &args.faults {
+        let plan = gantry_core::inject::Plan::parse(text)
+            .map_err(|e| anyhow::anyhow!("GANTRY_FAULTS: {e}"))?;
+        tracing::warn!(
+            plan = %text,
+            "fault injection is on: this server fails on purpose (GANTRY_FAULTS, for tests only)"
+        );
+        gantry_core::inject::init(plan).map_err(|e| anyhow::anyhow!(e))?;
+    }
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -832,6 +845,8 @@ async fn kube_client(metrics: &gantry_server::Metrics) -> anyhow::Result<(kube::
     let config = kube::Config::infer().await?;
     let where_ = config.cluster_url.to_string();
     let client = kube::client::ClientBuilder::try_from(config)?
+        // Inside the metrics: an injected answer is counted like a real one.
+        .with_layer(&gantry_kube::inject::FaultLayer)
         .with_layer(&metrics.kube_layer())
         .build();
     Ok((client, where_))
