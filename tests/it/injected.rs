@@ -402,3 +402,95 @@ async fn kill_9_at_random_moments_under_load_loses_no_acknowledged_work() {
     check_outcome(&gantry.url, &github, &load, &pushes, &ctx).await;
     gantry.kill_hard();
 }
+
+/// A PostgreSQL server of the test's own (`scripts/pg-test-server`), stopped when dropped.
+struct Postgres {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Postgres {
+    fn script(&self, cmd: &str) -> String {
+        pg_script(cmd, self.dir.path())
+    }
+
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = pg_script("start", dir.path());
+        Postgres { dir, url }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}
+
+fn pg_script(cmd: &str, dir: &std::path::Path) -> String {
+    let out =
+        std::process::Command::new(crate::support::workspace().join("scripts/pg-test-server"))
+            .arg(cmd)
+            .arg(dir)
+            .output()
+            .expect("run scripts/pg-test-server");
+    assert!(
+        out.status.success(),
+        "scripts/pg-test-server {cmd} (PostgreSQL's server binaries are needed: the test \
+         command installs them): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The PostgreSQL server stops (a fast shutdown: every connection is cut) while runs are in
+/// flight, stays down for a few seconds and comes back on the same port: a webhook sent
+/// meanwhile is refused with 503 (not acknowledged and lost), and afterwards every acknowledged
+/// push has a run in a final state and so on — without restarting Gantry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_mid_run_loses_no_acknowledged_work() {
+    let pg = Postgres::start();
+    let ctx = "PostgreSQL restarted";
+    let load = Load::new(7, "0.05");
+    let github = load.github().await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = start(
+        data.path(),
+        &github,
+        &[("GANTRY_DATABASE_URL", pg.url.as_str())],
+    );
+    for i in 0..5 {
+        deliver(&gantry.url, &format!("push-{i}"), &load.body(i)).await;
+    }
+    until(Duration::from_secs(60), ctx, "a step to run", || async {
+        let runs = api(&gantry.url, "/api/v1/runs").await?;
+        runs["runs"]
+            .as_array()?
+            .iter()
+            .any(|r| r["status"] == "running")
+            .then_some(())
+    })
+    .await;
+    pg.script("stop");
+    let refused = until(
+        Duration::from_secs(30),
+        ctx,
+        "a delivery refused while the database is down",
+        || async {
+            match send(&gantry.url, "push-5", &load.body(5)).await {
+                Sent::Refused(why) => Some(why),
+                // Accepted before the pool noticed: it must become a run like the others.
+                Sent::Acknowledged => None,
+            }
+        },
+    )
+    .await;
+    assert!(refused.contains("try again later"), "{refused}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.script("start");
+    deliver(&gantry.url, "push-5", &load.body(5)).await;
+    deliver(&gantry.url, "push-6", &load.body(6)).await;
+    let pushes: Vec<usize> = (0..7).collect();
+    check_outcome(&gantry.url, &github, &load, &pushes, ctx).await;
+    gantry.kill_hard();
+}

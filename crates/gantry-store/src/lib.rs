@@ -93,6 +93,14 @@ pub enum DbKind {
     Postgres,
 }
 
+/// How long a query waits for a connection. A connection closed after a failed write is opened
+/// again on the next acquire, and that fails for as long as the disk is full (SQLite) or the
+/// server is down (PostgreSQL: connecting is retried until this passes). Seconds, not sqlx's
+/// default 30 s: a webhook is then refused with 503 well within GitHub's 10 s delivery timeout
+/// (a timed-out delivery is shown as failed too, but without Gantry's reason), and callers
+/// retry sooner.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A handle on the database. Cheap to clone: it is a connection pool.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -116,10 +124,7 @@ impl Store {
                 AnyPoolOptions::new()
                     // SQLite has one writer; a few readers next to it are plenty.
                     .max_connections(4)
-                    // A connection closed after a failed write is opened again on the next
-                    // acquire; on a full disk that can fail until space returns. Fail such a
-                    // write in seconds, not sqlx's default 30 s, so callers retry sooner.
-                    .acquire_timeout(Duration::from_secs(5))
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
                     .after_release(release_check)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
@@ -138,7 +143,7 @@ impl Store {
             DbKind::Postgres => {
                 AnyPoolOptions::new()
                     .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(30))
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
                     .after_release(release_check)
                     .connect_with(options)
                     .await
