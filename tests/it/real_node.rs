@@ -379,3 +379,63 @@ async fn serve_on_the_real_node_a_job_without_a_timeout_gets_the_operators_defau
     )
     .await;
 }
+
+/// The Kubernetes API fails on purpose while a job runs on the real node — a tenth of Gantry's
+/// requests answered 500 or 429 (with `Retry-After`) or timed out, watches closed at once
+/// (`GANTRY_FAULTS`, site `kube.request`; the seed is printed on failure,
+/// `GANTRY_TEST_FAULT_SEED` repeats it): the job still runs to its end, its log is whole with no
+/// line twice, and GitHub gets the final status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_the_real_node_rides_out_a_failing_kubernetes_api() {
+    let node = node();
+    let ns = namespace("e2e-kube-faults", "baseline");
+    let seed: u64 = std::env::var("GANTRY_TEST_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| u64::from(std::process::id()) * 7919 % 1_000_000);
+    let plan = format!("seed={seed} rate=0.1 sites=kube");
+    let pushed = push_one(
+        &node,
+        &ns,
+        &[
+            "for i in $(seq 1 30); do echo line $i; sleep 0.1; done",
+            "echo second step",
+        ],
+        &[("GANTRY_FAULTS", &plan)],
+    )
+    .await;
+    let (gantry, run_id) = (&pushed.gantry, &pushed.run_id);
+    let run = crate::serve::final_run_within(gantry, run_id, Duration::from_secs(240)).await;
+    assert_eq!(run["status"], "success", "[GANTRY_FAULTS={plan:?}] {run:#}");
+    let expected: Vec<String> = (1..=30).map(|i| format!("line {i}")).collect();
+    assert_eq!(
+        step_lines(gantry, &run["jobs"][0], 0).await,
+        expected,
+        "[GANTRY_FAULTS={plan:?}]"
+    );
+    assert_eq!(
+        step_lines(gantry, &run["jobs"][0], 1).await,
+        ["second step"],
+        "[GANTRY_FAULTS={plan:?}]"
+    );
+    eventually(Duration::from_secs(60), "the success status", || async {
+        (pushed.github.states("gantry/ci").last().map(String::as_str) == Some("success"))
+            .then_some(())
+    })
+    .await;
+    let metrics = client()
+        .get(format!("{}/metrics", gantry.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("gantry_faults_injected{site=\"kube.request\"}")
+                && !l.ends_with(" 0")
+        ),
+        "[GANTRY_FAULTS={plan:?}] no Kubernetes API request failed on purpose:\n{metrics}"
+    );
+}
