@@ -12,6 +12,5 @@ mod real_node;
 mod real_node_examples;
 mod replicas;
 mod serve;
-mod soak;
 mod server;
 mod support;
