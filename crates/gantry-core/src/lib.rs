@@ -8,13 +8,13 @@
 mod backend;
 mod forge;
 mod ids;
+pub mod inject;
 mod log;
 mod run;
 mod spec;
 mod state;
 mod status;
 mod trigger;
-pub mod inject;
 pub mod trivy;
 
 #[cfg(feature = "test-util")]
