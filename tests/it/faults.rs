@@ -42,7 +42,7 @@ async fn readyz(gantry: &Gantry) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn metrics(gantry: &Gantry) -> String {
+pub(crate) async fn metrics(gantry: &Gantry) -> String {
     client()
         .get(format!("{}/metrics", gantry.url))
         .send()

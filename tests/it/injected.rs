@@ -9,11 +9,11 @@
 //! A failure names the plan and the seed; `GANTRY_TEST_FAULT_SEED=N` repeats a random one.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::server::{FakeGithub, Gantry, GitDaemon, WEBHOOK_SECRET, client, push_payload};
+use crate::server::{FakeGithub, Gantry, GitDaemon, client, eventually, push_payload, signed_push};
 use crate::support::Repo;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
@@ -95,15 +95,8 @@ enum Sent {
 }
 
 async fn send(url: &str, delivery: &str, body: &str) -> Sent {
-    let signature = gantry_forge::hmac_sha256_hex_of(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
-    let response = client()
-        .post(format!("{url}/hooks/github"))
-        .header("content-type", "application/json")
-        .header("x-github-event", "push")
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", format!("sha256={signature}"))
+    let response = signed_push(url, delivery, body)
         .timeout(Duration::from_secs(10))
-        .body(body.to_owned())
         .send()
         .await;
     match response {
@@ -142,25 +135,6 @@ async fn api(url: &str, path: &str) -> Option<Value> {
     r.json().await.ok()
 }
 
-/// Polls `check` until it gives `Some`, failing after `limit` with `what` and `context`.
-async fn until<T, F, Fut>(limit: Duration, context: &str, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "[{context}] timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The commit status a run's final state is reported as.
 fn status_for(run_status: &str) -> &'static str {
     match run_status {
@@ -178,26 +152,28 @@ async fn check_outcome(url: &str, github: &FakeGithub, load: &Load, pushes: &[us
     let mut ended: Vec<String> = Vec::new();
     for &i in pushes {
         let delivery = format!("push-{i}");
-        let runs: Vec<String> = until(long, ctx, &format!("{delivery} planned"), || async {
-            let d = api(url, &format!("/api/v1/deliveries/github/{delivery}")).await?;
-            match d["state"].as_str()? {
-                "received" => None,
-                "planned" => Some(
-                    d["runs"]
-                        .as_array()?
-                        .iter()
-                        .filter_map(|r| r.as_str().map(str::to_owned))
-                        .collect(),
-                ),
-                other => panic!("[{ctx}] acknowledged delivery {delivery} ended {other}: {d:#}"),
-            }
-        })
-        .await;
+        let runs: Vec<String> =
+            eventually(long, &format!("[{ctx}] {delivery} planned"), || async {
+                let d = api(url, &format!("/api/v1/deliveries/github/{delivery}")).await?;
+                match d["state"].as_str()? {
+                    "received" => None,
+                    "planned" => Some(
+                        d["runs"]
+                            .as_array()?
+                            .iter()
+                            .filter_map(|r| r.as_str().map(str::to_owned))
+                            .collect(),
+                    ),
+                    other => {
+                        panic!("[{ctx}] acknowledged delivery {delivery} ended {other}: {d:#}")
+                    }
+                }
+            })
+            .await;
         assert_eq!(runs.len(), 1, "[{ctx}] {delivery}: {runs:?}");
-        let run = until(
+        let run = eventually(
             long,
-            ctx,
-            &format!("the run of {delivery} to end"),
+            &format!("[{ctx}] the run of {delivery} to end"),
             || async {
                 let run = api(url, &format!("/api/v1/runs/{}", runs[0])).await?;
                 ["success", "failure", "cancelled", "error"]
@@ -230,7 +206,7 @@ async fn check_outcome(url: &str, github: &FakeGithub, load: &Load, pushes: &[us
         }
         let sha = &load.shas[i];
         let want = status_for(status);
-        until(long, ctx, &format!("{want} status of {sha}"), || async {
+        eventually(long, &format!("[{ctx}] {want} status of {sha}"), || async {
             let got: Vec<String> = github
                 .statuses()
                 .into_iter()
@@ -258,14 +234,18 @@ async fn check_step_log(url: &str, job: &Value, step: &Value, ctx: &str) {
         job["attempt"],
         step["index"]
     );
-    let Some(page) = until(Duration::from_secs(30), ctx, &path, || async {
-        match api(url, &path).await {
-            Some(page) => Some(Some(page)),
-            // A step that never started has no log.
-            None if step["started_at"].is_null() => Some(None),
-            None => None,
-        }
-    })
+    let Some(page) = eventually(
+        Duration::from_secs(30),
+        &format!("[{ctx}] {path}"),
+        || async {
+            match api(url, &path).await {
+                Some(page) => Some(Some(page)),
+                // A step that never started has no log.
+                None if step["started_at"].is_null() => Some(None),
+                None => None,
+            }
+        },
+    )
     .await
     else {
         return;
@@ -293,7 +273,7 @@ async fn check_step_log(url: &str, job: &Value, step: &Value, ctx: &str) {
 
 /// Injected faults by site, from `/metrics`.
 async fn injected(url: &str) -> HashMap<String, u64> {
-    let text = until(Duration::from_secs(30), "metrics", "/metrics", || async {
+    let text = eventually(Duration::from_secs(30), "/metrics", || async {
         let r = client().get(format!("{url}/metrics")).send().await.ok()?;
         (r.status() == 200).then_some(())?;
         r.text().await.ok()
@@ -308,7 +288,7 @@ async fn injected(url: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     std::env::var("GANTRY_TEST_FAULT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -462,20 +442,23 @@ async fn a_postgresql_restart_mid_run_loses_no_acknowledged_work() {
     for i in 0..5 {
         deliver(&gantry.url, &format!("push-{i}"), &load.body(i)).await;
     }
-    until(Duration::from_secs(60), ctx, "a step to run", || async {
-        let runs = api(&gantry.url, "/api/v1/runs").await?;
-        runs["runs"]
-            .as_array()?
-            .iter()
-            .any(|r| r["status"] == "running")
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        &format!("[{ctx}] a step to run"),
+        || async {
+            let runs = api(&gantry.url, "/api/v1/runs").await?;
+            runs["runs"]
+                .as_array()?
+                .iter()
+                .any(|r| r["status"] == "running")
+                .then_some(())
+        },
+    )
     .await;
     pg.script("stop");
-    let refused = until(
+    let refused = eventually(
         Duration::from_secs(30),
-        ctx,
-        "a delivery refused while the database is down",
+        &format!("[{ctx}] a delivery refused while the database is down"),
         || async {
             match send(&gantry.url, "push-5", &load.body(5)).await {
                 Sent::Refused(why) => Some(why),

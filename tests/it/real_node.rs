@@ -389,10 +389,7 @@ async fn serve_on_the_real_node_a_job_without_a_timeout_gets_the_operators_defau
 async fn serve_on_the_real_node_rides_out_a_failing_kubernetes_api() {
     let node = node();
     let ns = namespace("e2e-kube-faults", "baseline");
-    let seed: u64 = std::env::var("GANTRY_TEST_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| u64::from(std::process::id()) * 7919 % 1_000_000);
+    let seed = crate::injected::seed();
     let plan = format!("seed={seed} rate=0.1 sites=kube");
     let pushed = push_one(
         &node,
@@ -423,14 +420,7 @@ async fn serve_on_the_real_node_rides_out_a_failing_kubernetes_api() {
             .then_some(())
     })
     .await;
-    let metrics = client()
-        .get(format!("{}/metrics", gantry.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::faults::metrics(gantry).await;
     assert!(
         metrics.lines().any(
             |l| l.starts_with("gantry_faults_injected{site=\"kube.request\"}")

@@ -407,16 +407,21 @@ pub fn push_payload(
     .to_string()
 }
 
-/// Sends a signed GitHub push webhook; returns the HTTP status and JSON answer.
-pub async fn send_push(gantry: &Gantry, delivery: &str, body: &str) -> (u16, Value) {
+/// A signed GitHub push webhook to the Gantry at `url`, ready to send.
+pub fn signed_push(url: &str, delivery: &str, body: &str) -> reqwest::RequestBuilder {
     let signature = gantry_forge::hmac_sha256_hex_of(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
-    let response = client()
-        .post(format!("{}/hooks/github", gantry.url))
+    client()
+        .post(format!("{url}/hooks/github"))
         .header("content-type", "application/json")
         .header("x-github-event", "push")
         .header("x-github-delivery", delivery)
         .header("x-hub-signature-256", format!("sha256={signature}"))
         .body(body.to_owned())
+}
+
+/// Sends a signed GitHub push webhook; returns the HTTP status and JSON answer.
+pub async fn send_push(gantry: &Gantry, delivery: &str, body: &str) -> (u16, Value) {
+    let response = signed_push(&gantry.url, delivery, body)
         .send()
         .await
         .expect("webhook delivery");
