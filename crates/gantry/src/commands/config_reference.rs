@@ -284,7 +284,10 @@ docker://docker.io/library/rust:1.95 docker://registry.internal/hub/library/rust
 a `kubernetes.io/dockerconfigjson` Secret in the build namespace (`kubectl -n gantry-builds
 create secret docker-registry registry-internal-pull --docker-server=registry.internal
 --docker-username=… --docker-password=…`); the node's container runtime must trust the
-registry's certificate. The test suite does exactly this on its real node
+registry's certificate. Give it to every pod even when the nodes already hold the images:
+since Kubernetes 1.35 the kubelet checks the credentials of a pod that uses an image it once
+pulled with a pull Secret (`imagePullCredentialsVerificationPolicy`), and a pod without them
+fails with `ErrImagePull: … no basic auth credentials`. The test suite does exactly this on its real node
 (`tests/it/real_node_examples.rs`): one rule, the test images copied into the node's registry
 (TLS, basic auth) under the mirrored names, a pull Secret, and every example that needs no
 internet run through `gantry serve`.
