@@ -15,6 +15,25 @@ pub fn results_dir(target: &Path) -> PathBuf {
     target.join("gantry-bench")
 }
 
+/// What `tests/it/soak.rs` measured (`GANTRY_SOAK_OUT`): samples every tenth of the runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SoakResult {
+    pub measured: String,
+    pub runs: u64,
+    pub in_flight: u64,
+    pub retention_max_runs: u64,
+    pub samples: Vec<SoakSample>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SoakSample {
+    /// Runs finished when the sample was taken.
+    pub runs: u64,
+    pub rss_kib: u64,
+    pub data_bytes: u64,
+    pub runs_page_ms: f64,
+}
+
 /// One load-generator run against one server.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LoadRun {

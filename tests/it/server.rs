@@ -342,6 +342,11 @@ impl Gantry {
         Gantry { url, child }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill_hard(mut self) {
         let _ = self.child.kill();

@@ -177,6 +177,14 @@ impl LogStore {
         }
     }
 
+    /// Deletes every attempt's log of `job` (its run was deleted). Nothing there is no error.
+    pub fn remove_job(&self, job: JobId) -> io::Result<()> {
+        match fs::remove_dir_all(self.root.join(job.to_string())) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
     /// Steps that ended but are not marked as archived.
     pub fn unarchived(&self) -> io::Result<Vec<StepKey>> {
         let mut keys = Vec::new();

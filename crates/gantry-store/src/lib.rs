@@ -15,6 +15,7 @@ mod migrate;
 mod outbox;
 mod queue;
 mod requests;
+mod retention;
 mod runs;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -30,6 +31,7 @@ pub use migrate::SCHEMA_VERSION;
 pub use outbox::{OutboxEntry, OutboxOutcome};
 pub use queue::QueueEntry;
 pub use requests::{EngineAction, EngineRequest};
+pub use retention::{KeepRuns, Pruned};
 pub use runs::{Page, RunFilter, RunRecord, SUMMARY_MAX_BYTES, repo_key};
 
 #[derive(Debug, thiserror::Error)]

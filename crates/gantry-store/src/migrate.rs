@@ -26,6 +26,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "step summaries",
         sql: include_str!("../migrations/0003_step_summaries.sql"),
     },
+    Migration {
+        version: 4,
+        name: "retention indexes",
+        sql: include_str!("../migrations/0004_retention.sql"),
+    },
 ];
 
 /// The newest schema this build knows.

@@ -6,8 +6,8 @@ use gantry_core::{
     RunId, State, StatusCondition, Step, StepKind, StepSpec, Trigger,
 };
 use gantry_store::{
-    DeliveryState, NewDelivery, OutboxOutcome, Page, RunFilter, RunRecord, SCHEMA_VERSION,
-    SUMMARY_MAX_BYTES, Store, repo_key,
+    DeliveryState, KeepRuns, NewDelivery, OutboxOutcome, Page, RunFilter, RunRecord,
+    SCHEMA_VERSION, SUMMARY_MAX_BYTES, Store, repo_key,
 };
 
 use crate::support::{EmptyDb, TestDb};
@@ -42,6 +42,7 @@ on_both!(
     deliveries_are_deduplicated_by_forge_and_id,
     runs_are_listed_by_filter_newest_first_in_pages,
     step_summaries_are_stored_kept_and_capped,
+    retention_deletes_old_finished_work_and_never_unfinished_work,
 );
 
 /// Runs each test against a SQLite file and a PostgreSQL database that nobody opened yet.
@@ -1007,4 +1008,99 @@ async fn a_full_disk_fails_writes_only_while_it_is_full() {
             .unwrap_or_else(|e| panic!("write {i} after space returned: {e}"));
         assert!(store.get_run(r.run.id).await.unwrap().is_some());
     }
+}
+
+async fn retention_deletes_old_finished_work_and_never_unfinished_work(db: TestDb) {
+    let store = &db.store;
+    let base = gantry_core::now() - chrono::Duration::hours(1);
+    let at = |s: i64| base + chrono::Duration::seconds(s);
+    let mut runs = Vec::new();
+    for i in 0..5 {
+        let r = run(trigger("acme/app", "main"));
+        let j = job(&r, "test", &[]);
+        insert(store, &r, &[&j]).await;
+        let mut tx = store.begin().await.unwrap();
+        // Four finish, one a second after the other; the last one is still running.
+        let state = if i < 4 {
+            State::Success
+        } else {
+            State::Running
+        };
+        tx.set_job_state(j.id, 1, state, None, at(i)).await.unwrap();
+        tx.set_run_state(r.run.id, state, None, at(i))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        runs.push((r.run.id, j.id));
+    }
+    let delivery = |id: &str| NewDelivery {
+        forge: ForgeKind::Github,
+        delivery_id: id.into(),
+        event: "push".into(),
+        received_at: at(-60),
+        payload: "{}".into(),
+    };
+    for id in ["planned-long-ago", "never-planned"] {
+        assert!(store.insert_delivery(&delivery(id)).await.unwrap());
+    }
+    store
+        .set_delivery_outcome(
+            ForgeKind::Github,
+            "planned-long-ago",
+            DeliveryState::Planned,
+            None,
+            &[runs[0].0],
+        )
+        .await
+        .unwrap();
+
+    // Keep the newest two finished runs: the two oldest go, with their jobs.
+    let pruned = store
+        .prune(KeepRuns {
+            newest: Some(2),
+            ..KeepRuns::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.runs, 2, "{pruned:?}");
+    assert_eq!(
+        pruned.deliveries, 1,
+        "the settled delivery goes: {pruned:?}"
+    );
+    let mut gone = pruned.jobs.clone();
+    gone.sort();
+    let mut want = vec![runs[0].1, runs[1].1];
+    want.sort();
+    assert_eq!(gone, want, "the deleted runs' jobs are named, for their logs");
+    for (i, (run_id, job_id)) in runs.iter().enumerate() {
+        let kept = store.get_run(*run_id).await.unwrap().is_some();
+        assert_eq!(kept, i >= 2, "run {i}");
+        assert_eq!(
+            store.get_job(*job_id, None).await.unwrap().is_some(),
+            i >= 2
+        );
+    }
+    assert!(
+        store
+            .get_delivery(ForgeKind::Github, "never-planned")
+            .await
+            .unwrap()
+            .is_some(),
+        "a delivery not yet planned is never deleted"
+    );
+    // An age limit after every finished run: all of them go, the running one stays.
+    let pruned = store
+        .prune(KeepRuns {
+            finished_after: Some(at(10)),
+            ..KeepRuns::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.runs, 2, "{pruned:?}");
+    assert!(store.get_run(runs[4].0).await.unwrap().is_some());
+    assert_eq!(
+        store.prune(KeepRuns::default()).await.unwrap(),
+        Default::default(),
+        "no limit, nothing deleted"
+    );
 }

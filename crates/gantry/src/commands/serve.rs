@@ -61,6 +61,13 @@ pub struct ServeArgs {
     /// Then delete the oldest step logs until all fit in this many bytes.
     #[arg(long, env = "GANTRY_LOG_MAX_BYTES")]
     pub log_max_bytes: Option<u64>,
+    /// Delete runs (with their jobs, steps, webhook deliveries and commit statuses) that
+    /// finished more than this many days ago. Unfinished work is never deleted. Default: keep.
+    #[arg(long, env = "GANTRY_RUN_RETENTION_DAYS")]
+    pub run_retention_days: Option<u64>,
+    /// Keep at most this many finished runs: older ones are deleted as above.
+    #[arg(long, env = "GANTRY_RUN_RETENTION_MAX_RUNS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub run_retention_max_runs: Option<u64>,
     /// Copy every finished step's log to this directory (e.g. a mounted network volume), and
     /// read from it what retention has deleted locally.
     #[arg(long, env = "GANTRY_LOG_ARCHIVE_DIR")]
@@ -538,6 +545,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    if args.run_retention_days.is_some() || args.run_retention_max_runs.is_some() {
+        let days = args.run_retention_days;
+        let newest = args.run_retention_max_runs;
+        tokio::spawn(prune_runs(store.clone(), logs.clone(), days, newest));
+    }
     let mut engine = Engine::new(store, backend, forges, Arc::new(logs.clone()), config)
         .with_observer(Arc::new(metrics.clone()));
     if let Some(kb) = &kube_backend {
@@ -837,6 +849,52 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Run retention: every 10 s, finished runs older than `days` days, or beyond the
+/// `newest` finished ones, are deleted (see `gantry_store::Store::prune`). An error is logged
+/// and the next round tries again.
+async fn prune_runs(
+    store: gantry_store::Store,
+    logs: gantry_server::gantry_logs::Logs,
+    days: Option<u64>,
+    newest: Option<u64>,
+) {
+    // Often, so that a busy server deletes a few hundred rows at a time, not a day's worth: a
+    // round with nothing to delete is one indexed query.
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let keep = gantry_store::KeepRuns {
+            finished_after: days.map(|d| {
+                // At most a century: a larger number means "keep" and must not overflow.
+                gantry_core::now() - std::time::Duration::from_secs(d.min(36_500) * 86_400)
+            }),
+            newest,
+        };
+        match store.prune(keep).await {
+            Ok(p) => {
+                // A job's logs go with its run: no page can reach them any more.
+                for job in &p.jobs {
+                    if let Err(err) = logs.store().remove_job(*job) {
+                        tracing::warn!(%job, %err, "run retention: cannot delete a deleted run's step logs");
+                    }
+                }
+                if p.runs + p.deliveries + p.statuses > 0 {
+                    tracing::info!(
+                        runs = p.runs,
+                        deliveries = p.deliveries,
+                        statuses = p.statuses,
+                        "run retention: deleted finished work"
+                    );
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, "run retention: cannot delete finished runs; trying again in 10 s")
+            }
+        }
+    }
 }
 
 /// A kube client from the in-cluster configuration or the kubeconfig, with a description of
