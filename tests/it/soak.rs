@@ -157,8 +157,15 @@ pub async fn soak(total: u64, in_flight: u64, every: u64, env: &[(&str, &str)]) 
 pub const RETENTION: &[(&str, &str)] = &[("GANTRY_RUN_RETENTION_MAX_RUNS", "200")];
 
 /// A short soak with run retention on: after warm-up (the first third) resident memory grows by
-/// less than 2 KiB a run and the data directory stays within half again of its size then.
-/// (Without retention the data directory grew by about 7 KiB a run, without end.)
+/// less than 4 MiB plus 1 KiB a run, and the data directory stays within half again of its size
+/// then. (Without retention the data directory grew by about 7 KiB a run, without end.)
+///
+/// Why a fixed part: resident memory moves by itself, a leak or not. Over 4,500 runs here it went
+/// 50.4 MB (450 runs) → 51.6 MB (2,250) → 51.3 MB (4,500): the allocator's arenas and SQLite's
+/// page caches (at most 2 MB for each of 4 connections) fill and give back in steps of a few
+/// hundred KiB, and one short run grew 2.2 MB over 1,000 runs that way. A per-run bound alone
+/// over so few runs measures that noise, not a leak; a leak the size of a queued run (13 KiB)
+/// still fails it by far, and `scripts/bench soak` measures 100,000 runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_soak_keeps_memory_and_the_data_directory_flat_after_warm_up() {
     let total: u64 = std::env::var("GANTRY_SOAK_RUNS")
@@ -191,12 +198,13 @@ async fn a_short_soak_keeps_memory_and_the_data_directory_flat_after_warm_up() {
         .expect("a sample after warm-up");
     let last = samples.last().unwrap();
     let grown = last.rss_kib.saturating_sub(warm.rss_kib);
-    let per_run = grown as f64 * 1024.0 / (last.runs - warm.runs).max(1) as f64;
+    let runs = last.runs - warm.runs;
+    let allowed_kib = 4 * 1024 + runs;
     assert!(
-        per_run < 2048.0,
-        "resident memory grew by {grown} KiB over {} runs after warm-up ({per_run:.0} bytes a \
-         run): {samples:#?}",
-        last.runs - warm.runs
+        grown <= allowed_kib,
+        "resident memory grew by {grown} KiB over {runs} runs after warm-up ({:.0} bytes a run; \
+         at most {allowed_kib} KiB, 4 MiB + 1 KiB a run): {samples:#?}",
+        grown as f64 * 1024.0 / runs.max(1) as f64
     );
     assert!(
         last.data_bytes <= warm.data_bytes * 3 / 2,
