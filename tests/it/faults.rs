@@ -264,6 +264,57 @@ async fn a_forge_that_fails_reads_for_a_while_loses_no_delivery() {
     gantry.kill_hard();
 }
 
+/// A slow forge (every contents answer takes 300 ms) and 24 pushes at once: planning never has
+/// more than `--forge-reads` (here 3) pipeline reads in flight to it, uses all of them, and
+/// every push becomes a run. (Before: the bound was a constant; a small GitHub Enterprise
+/// server could not be given a smaller one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planning_keeps_to_the_configured_number_of_forge_reads_at_once() {
+    let daemon = GitDaemon::start();
+    let repo = Repo::new();
+    repo.write(
+        ".gantry.yaml",
+        "name: ci\njobs:\n  test:\n    steps:\n      - run: echo read\n",
+    );
+    let sha = repo.commit("pipeline");
+    let url = daemon.publish(&repo, "slow.git");
+    let github = FakeGithub::start_with_repos(std::collections::HashMap::from([(
+        "acme/slow".to_owned(),
+        repo.path().to_owned(),
+    )]))
+    .await;
+    github.slow_contents(Duration::from_millis(300));
+    let data = tempfile::tempdir().unwrap();
+    let gantry = Gantry::start(
+        data.path(),
+        &github.url,
+        &[
+            ("GANTRY_GITHUB_READ_FILES", "api"),
+            ("GANTRY_FORGE_READS", "3"),
+        ],
+    );
+    let body = push_payload("slow", &url, ZERO, &sha, &[".gantry.yaml"]);
+    let mut pushes = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        pushes.spawn(crate::server::signed_push(&gantry.url, &format!("slow-{i}"), &body).send());
+    }
+    while let Some(answer) = pushes.join_next().await {
+        let answer = answer.unwrap().expect("webhook delivery");
+        assert_eq!(answer.status(), 202, "{:?}", answer.text().await);
+    }
+    for i in 0..24 {
+        let delivery = format!("slow-{i}");
+        let runs = runs_of_delivery(&gantry, &delivery).await;
+        assert_eq!(runs.len(), 1, "{delivery}: {runs:?}");
+    }
+    assert_eq!(
+        github.contents_peak(),
+        3,
+        "pipeline reads in flight at once, with --forge-reads 3"
+    );
+    gantry.kill_hard();
+}
+
 /// 300 clients send their request heads a byte a second: `gantry serve` cuts each off after its
 /// header timeout, and a webhook and `/healthz` sent meanwhile are answered. (Before: the slow
 /// connections stayed open as long as they dripped, and with the process's file limit reached,

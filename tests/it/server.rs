@@ -121,6 +121,31 @@ struct Contents {
     repos: std::collections::HashMap<String, PathBuf>,
     /// The next requests get these answers (status, `Retry-After` seconds) instead, in order.
     failures: Mutex<std::collections::VecDeque<(u16, Option<u64>)>>,
+    /// Each answer waits this long first (a slow forge).
+    delay: Mutex<Duration>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a contents request as in flight until it is dropped (answered or abandoned).
+struct InFlight<'a>(&'a Contents);
+
+impl<'a> InFlight<'a> {
+    fn enter(contents: &'a Contents) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = contents.in_flight.fetch_add(1, SeqCst) + 1;
+        contents.peak.fetch_max(now, SeqCst);
+        InFlight(contents)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// `GET /repos/{owner}/{repo}/contents/{path}?ref=SHA` as GitHub documents it
@@ -134,6 +159,9 @@ async fn contents(
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
+    let _counted = InFlight::enter(&served);
+    let delay = *served.delay.lock().unwrap();
+    tokio::time::sleep(delay).await;
     let failure = served.failures.lock().unwrap().pop_front();
     if let Some((status, retry_after)) = failure {
         // GitHub's error body is `{"message": …, "documentation_url": …}`; a rate limit
@@ -245,6 +273,9 @@ impl FakeGithub {
         let contents_state = Arc::new(Contents {
             repos,
             failures: Mutex::default(),
+            delay: Mutex::default(),
+            in_flight: Default::default(),
+            peak: Default::default(),
         });
         let app = axum::Router::new()
             .route(
@@ -277,6 +308,16 @@ impl FakeGithub {
     /// `Retry-After` seconds), one each, in order.
     pub fn fail_contents(&self, answers: impl IntoIterator<Item = (u16, Option<u64>)>) {
         self.contents.failures.lock().unwrap().extend(answers);
+    }
+
+    /// From now on every contents API answer waits `delay` first.
+    pub fn slow_contents(&self, delay: Duration) {
+        *self.contents.delay.lock().unwrap() = delay;
+    }
+
+    /// The most contents API requests that were in flight at once.
+    pub fn contents_peak(&self) -> usize {
+        self.contents.peak.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn statuses(&self) -> Vec<ReceivedStatus> {

@@ -102,23 +102,47 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// URL that never answers): longer than any forge outage worth waiting out.
 const RETRY_FOR: Duration = Duration::from_secs(6 * 3600);
 
-/// Forge reads that planning makes at once, per forge. GitHub's secondary rate limit allows 100
-/// concurrent requests per token; Gantry keeps well under it, leaving room for the statuses.
+/// Forge reads that planning makes at once, per forge, unless configured otherwise. GitHub's
+/// secondary rate limit allows 100 concurrent requests per token; Gantry keeps well under it,
+/// leaving room for the statuses.
 pub const FORGE_READS: usize = 16;
 
-static READS: [Semaphore; 4] = [
-    Semaphore::const_new(FORGE_READS),
-    Semaphore::const_new(FORGE_READS),
-    Semaphore::const_new(FORGE_READS),
-    Semaphore::const_new(FORGE_READS),
-];
+/// The bound on planning's forge reads: at most `limit` at once per forge (one forge that is slow
+/// never holds up another's).
+#[derive(Debug)]
+pub struct ForgeReads {
+    limit: usize,
+    per_forge: [Semaphore; 4],
+}
 
-fn reads(forge: ForgeKind) -> &'static Semaphore {
-    match forge {
-        ForgeKind::Github => &READS[0],
-        ForgeKind::Gitlab => &READS[1],
-        ForgeKind::Gitea => &READS[2],
-        ForgeKind::Local => &READS[3],
+impl ForgeReads {
+    /// At most `limit` (at least 1) reads at once per forge.
+    pub fn new(limit: usize) -> ForgeReads {
+        let limit = limit.max(1);
+        ForgeReads {
+            limit,
+            per_forge: std::array::from_fn(|_| Semaphore::new(limit)),
+        }
+    }
+
+    /// The configured bound.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn of(&self, forge: ForgeKind) -> &Semaphore {
+        &self.per_forge[match forge {
+            ForgeKind::Github => 0,
+            ForgeKind::Gitlab => 1,
+            ForgeKind::Gitea => 2,
+            ForgeKind::Local => 3,
+        }]
+    }
+}
+
+impl Default for ForgeReads {
+    fn default() -> ForgeReads {
+        ForgeReads::new(FORGE_READS)
     }
 }
 
@@ -251,7 +275,9 @@ async fn plan_once(
         });
     };
     let files = {
-        let _permit = reads(forge)
+        let _permit = state
+            .forge_reads
+            .of(forge)
             .acquire()
             .await
             .map_err(|_| Failure::Stopping)?;

@@ -50,6 +50,8 @@ pub struct App {
     pub webhook_secrets: HashMap<ForgeKind, WebhookSecrets>,
     /// How pipeline files are read at a commit, per forge.
     pub sources: HashMap<ForgeKind, PipelineSource>,
+    /// The bound on planning's reads of pipeline files, per forge.
+    pub forge_reads: intake::ForgeReads,
     /// Git access to any repository by clone URL (changed paths, manual triggers).
     pub git: Arc<gantry_forge::GitReader>,
     /// The bearer token that state-changing API calls must carry. None: they are refused.

@@ -114,6 +114,7 @@ async fn a_scrape_after_a_run_shows_the_counters_moved() {
             gantry_forge::WebhookSecrets::global([SECRET]),
         )]),
         sources: HashMap::from([(ForgeKind::Github, PipelineSource::Api(forge.clone()))]),
+        forge_reads: Default::default(),
         git: Arc::new(gantry_forge::GitReader::new(dir.path().join("git"))),
         api_token: None,
         public_url: "http://127.0.0.1".into(),

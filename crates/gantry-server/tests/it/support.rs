@@ -197,6 +197,7 @@ impl Harness {
             engine: engine.clone(),
             webhook_secrets: HashMap::new(),
             sources: HashMap::new(),
+        forge_reads: Default::default(),
             git: Arc::new(gantry_forge::GitReader::new(dir.path().join("git"))),
             api_token: Some(TOKEN.into()),
             public_url: "http://127.0.0.1".into(),

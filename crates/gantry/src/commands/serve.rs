@@ -15,6 +15,7 @@ use gantry_forge::{
     WebhookSecrets,
 };
 use gantry_local::{LocalBackend, LocalConfig};
+use gantry_server::intake::ForgeReads;
 use gantry_server::{App, AppState, PipelineSource};
 
 use super::serve_config::{BackendChoice, FileConfig, ForgeFile, ReadFiles};
@@ -52,6 +53,11 @@ pub struct ServeArgs {
     /// The most a job or step may ask for: a pipeline asking for more is refused. Default: 24h.
     #[arg(long, env = "GANTRY_MAX_JOB_TIMEOUT", value_parser = gantry_pipeline::parse_duration)]
     pub max_job_timeout: Option<std::time::Duration>,
+    /// Pipeline-file reads that planning makes at once, per forge (a slow forge then queues
+    /// deliveries rather than being sent more). Default: 16, well under GitHub's 100 concurrent
+    /// requests per token.
+    #[arg(long, env = "GANTRY_FORGE_READS", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub forge_reads: Option<u64>,
     /// Reads (the API and the web viewer) need the API token too. Default: public.
     #[arg(long, env = "GANTRY_PRIVATE_READS")]
     pub private_reads: bool,
@@ -560,6 +566,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         engine: engine.clone(),
         webhook_secrets,
         sources,
+        forge_reads: args
+            .forge_reads
+            .map_or_else(Default::default, |n| ForgeReads::new(n as usize)),
         git: git_reader.clone(),
         api_token: args.api_token.clone().or_else(|| file.api_token.clone()),
         public_url: public_url.clone(),
