@@ -218,8 +218,10 @@ pub async fn retry_job(
 
 pub async fn get_delivery(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path((forge, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    authorize_read(&state, &headers)?;
     let kind = forge_kind(&forge)?;
     let delivery = state
         .engine

@@ -328,6 +328,20 @@ async fn private_reads_need_the_token_by_header_or_cookie() {
     assert_eq!(status, 401);
     let (status, _) = h.get("/api/v1/runs", Some(crate::support::TOKEN)).await;
     assert_eq!(status, 200);
+    // Every read, the deliveries too (before: a delivery answered without the token).
+    for path in [
+        format!("/api/v1/runs/{run}"),
+        "/api/v1/deliveries/github/some-delivery".to_owned(),
+    ] {
+        let (status, body) = h.get(&path, None).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(
+            body.contains("reading needs the API token"),
+            "{path}: {body}"
+        );
+        let (status, body) = h.get(&path, Some(crate::support::TOKEN)).await;
+        assert_ne!(status, 401, "{path} with the token: {body}");
+    }
     let (status, body) = h.get(&format!("/runs/{run}"), None).await;
     assert_eq!(status, 401);
     assert!(body.contains("Sign in"));
@@ -347,4 +361,64 @@ async fn private_reads_need_the_token_by_header_or_cookie() {
         .unwrap();
     let (status, _) = h.call(req).await;
     assert_eq!(status, 401);
+}
+
+/// A log line that is HTML (`<script>…`) is served by `/raw` as text the browser must not sniff
+/// into a page, and every page, asset and API answer carries `nosniff` and a Content-Security-
+/// Policy that runs no inline script. (Before: no answer had either header.)
+#[tokio::test]
+async fn every_answer_forbids_sniffing_and_inline_script() {
+    let h = Harness::new(false).await;
+    let run = h.push("main", "html in the log").await;
+    let a = h.attempt("build").await;
+    a.started().await;
+    a.step_started(0).await;
+    a.line(0, "<html><script>alert(document.cookie)</script>")
+        .await;
+    h.wait_lines(a.job, 1, 0, 1).await;
+    a.step_finished(0, State::Success).await;
+    let raw = format!("/api/v1/jobs/{}/attempts/1/steps/0/log/raw", a.job);
+    let (status, body) = h.get(&raw, None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<script>"), "{body}");
+    for path in [
+        raw.as_str(),
+        "/runs",
+        &format!("/runs/{run}"),
+        &format!("/runs/{run}/jobs/{}", a.job),
+        "/assets/gantry.js",
+        "/api/v1/runs",
+        "/api/v1/runs/not-a-run",
+        "/no/such/page",
+    ] {
+        let (status, headers) = h.headers(path).await;
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(
+            header("x-content-type-options"),
+            "nosniff",
+            "{path} ({status})"
+        );
+        let csp = header("content-security-policy");
+        assert!(
+            csp.contains("default-src 'none'")
+                && csp.contains("script-src 'self'")
+                && !csp.contains("unsafe-inline")
+                && csp.contains("frame-ancestors 'none'"),
+            "{path} ({status}): {csp:?}"
+        );
+    }
+    let (_, headers) = h.headers(&raw).await;
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"),
+        "{headers:?}"
+    );
 }

@@ -197,7 +197,7 @@ impl Harness {
             engine: engine.clone(),
             webhook_secrets: HashMap::new(),
             sources: HashMap::new(),
-        forge_reads: Default::default(),
+            forge_reads: Default::default(),
             git: Arc::new(gantry_forge::GitReader::new(dir.path().join("git"))),
             api_token: Some(TOKEN.into()),
             public_url: "http://127.0.0.1".into(),
@@ -249,6 +249,15 @@ impl Harness {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         self.call(req.body(Body::empty()).unwrap()).await
+    }
+
+    /// The status and headers of `GET path`, without a token.
+    pub async fn headers(&self, path: &str) -> (StatusCode, http::HeaderMap) {
+        let resp = gantry_server::app(self.state.clone())
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        (resp.status(), resp.headers().clone())
     }
 
     pub async fn call(&self, req: Request<Body>) -> (StatusCode, String) {
