@@ -12,6 +12,6 @@ mod real_node;
 mod real_node_examples;
 mod replicas;
 mod serve;
-mod soak;
 mod server;
+mod soak;
 mod support;

@@ -1071,7 +1071,10 @@ async fn retention_deletes_old_finished_work_and_never_unfinished_work(db: TestD
     gone.sort();
     let mut want = vec![runs[0].1, runs[1].1];
     want.sort();
-    assert_eq!(gone, want, "the deleted runs' jobs are named, for their logs");
+    assert_eq!(
+        gone, want,
+        "the deleted runs' jobs are named, for their logs"
+    );
     for (i, (run_id, job_id)) in runs.iter().enumerate() {
         let kept = store.get_run(*run_id).await.unwrap().is_some();
         assert_eq!(kept, i >= 2, "run {i}");
