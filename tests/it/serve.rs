@@ -889,3 +889,109 @@ fn a_dropped_git_daemon_leaves_nothing_listening() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Found when Gantry was attacked with validly signed deliveries: a `file://` clone URL of a
+/// repository on Gantry's own disk ran; refs with a newline, a NUL or a megabyte were accepted;
+/// a 70 KiB delivery id was stored and run and then answered 500; a 2 MB commit message was
+/// stored and served whole. Now each bad field is refused with a 400 that names it, before
+/// anything is stored, and the message is kept to its first 4 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_fields_are_refused_at_the_door_and_free_text_is_capped() {
+    let daemon = GitDaemon::start();
+    let (repo, sha) = repo_with(TWO_JOBS);
+    let url = daemon.publish(&repo, "door.git");
+    let github = FakeGithub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let gantry = Gantry::start(data.path(), &github.url, &[]);
+    let good = push_payload("door", &url, ZERO, &sha, &[".gantry.yaml"]);
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut v: Value = serde_json::from_str(&good).unwrap();
+        edit(&mut v);
+        v.to_string()
+    };
+    let local = format!("file://{}", repo.path().display());
+    let long_ref = format!("refs/heads/{}", "a".repeat(1 << 20));
+    let long_id = "d".repeat(70 * 1024);
+    let cases: Vec<(&str, String, String, &str)> = vec![
+        (
+            "file-url",
+            with(&|v| v["repository"]["clone_url"] = local.clone().into()),
+            "clone URL".into(),
+            "scheme file://",
+        ),
+        (
+            "ext-url",
+            with(&|v| v["repository"]["clone_url"] = "ext::sh%20-c%20id".into()),
+            "clone URL".into(),
+            "remote helper",
+        ),
+        (
+            "newline-ref",
+            with(&|v| v["ref"] = "refs/heads/main\nevil".into()),
+            "ref".into(),
+            "invalid byte",
+        ),
+        (
+            "nul-ref",
+            with(&|v| v["ref"] = "refs/heads/ma\u{0}in".into()),
+            "ref".into(),
+            "invalid byte",
+        ),
+        (
+            "long-ref",
+            with(&|v| v["ref"] = long_ref.clone().into()),
+            "ref".into(),
+            "at most 1024",
+        ),
+        (
+            "bad-sha",
+            with(&|v| v["after"] = "HEAD".into()),
+            "sha".into(),
+            "not a commit id",
+        ),
+        (&long_id, good.clone(), "delivery id".into(), "at most 128"),
+    ];
+    for (delivery, body, field, why) in &cases {
+        let shown = &delivery[..delivery.len().min(20)];
+        let (status, answer) = send_push(&gantry, delivery, body).await;
+        assert_eq!(status, 400, "{shown}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("{field}: ")) && error.to_lowercase().contains(why),
+            "{shown}: {error}"
+        );
+        if delivery.len() < 100 {
+            let (status, _) = status_of(&format!(
+                "{}/api/v1/deliveries/github/{delivery}",
+                gantry.url
+            ))
+            .await;
+            assert_eq!(status, 404, "{shown}: a refused delivery is not stored");
+        }
+    }
+    let message = format!("subject\n\n{}", "x".repeat(2 << 20));
+    let capped = with(&|v| v["head_commit"]["message"] = message.clone().into());
+    let (status, answer) = send_push(&gantry, "long-message", &capped).await;
+    assert_eq!(status, 202, "{answer}");
+    let runs = crate::serve::runs_of_delivery(&gantry, "long-message").await;
+    let run = run_of(&gantry, &runs[0]).await;
+    let kept = run["message"].as_str().unwrap_or_default();
+    assert!(
+        kept.starts_with("subject\n\nxxx") && kept.len() < 4200 && kept.contains("[cut: "),
+        "{} bytes kept: {}",
+        kept.len(),
+        &kept[kept.len().saturating_sub(40)..]
+    );
+    let all = get_json(&format!("{}/api/v1/runs", gantry.url)).await;
+    assert_eq!(
+        all["runs"].as_array().map(Vec::len),
+        Some(1),
+        "only the good delivery ran: {all:#}"
+    );
+    gantry.kill_hard();
+}
+
+async fn status_of(url: &str) -> (u16, String) {
+    let r = client().get(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}

@@ -9,6 +9,7 @@
 //! - **git fallback**: [`GitReader`] reads files at a commit through a shallow fetch, for
 //!   repositories Gantry has no API access to.
 
+pub mod admit;
 mod api;
 mod git;
 pub mod gitea;

@@ -92,6 +92,9 @@ pub enum ParseError {
     /// serde's message, with line and column.
     #[error("malformed JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A field Gantry would act on, refused (see `admit`).
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
 }
 
 /// A parsed delivery and what it is about, before authorisation.
@@ -109,12 +112,14 @@ pub fn receive(
     body: &[u8],
     secrets: &WebhookSecrets,
 ) -> Result<Delivery, WebhookError> {
-    match forge {
+    let mut delivery = match forge {
         ForgeKind::Github => crate::github::receive(headers, body, secrets),
         ForgeKind::Gitlab => crate::gitlab::receive(headers, body, secrets),
         ForgeKind::Gitea => crate::gitea::receive(headers, body, secrets),
         ForgeKind::Local => Err(VerifyError::NoSecretConfigured.into()),
-    }
+    }?;
+    crate::admit::delivery(&mut delivery)?;
+    Ok(delivery)
 }
 
 /// The delivery id from the headers alone, for logging refused deliveries too.

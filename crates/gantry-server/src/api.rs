@@ -269,6 +269,10 @@ pub async fn trigger(
 ) -> Result<(http::StatusCode, Json<Value>), ApiError> {
     authorize(&state, &headers)?;
     let forge = forge_kind(&req.forge)?;
+    // Checked before git is asked anything about it.
+    let bad = |e: gantry_forge::ParseError| ApiError::BadRequest(e.to_string());
+    gantry_forge::admit::repo_name(&req.repository).map_err(bad)?;
+    gantry_forge::admit::clone_url(&req.clone_url).map_err(bad)?;
     let repo = gantry_core::RepoRef {
         forge,
         full_name: req.repository.clone(),
@@ -291,10 +295,13 @@ pub async fn trigger(
             .await
             .map_err(|e| ApiError::BadRequest(e.to_string()))?,
     };
+    let mut trigger = gantry_core::Trigger::new(Event::Manual, repo, git_ref, sha);
+    gantry_forge::admit::trigger(&mut trigger).map_err(bad)?;
+    let sha = trigger.sha.clone();
     let source = state.sources.get(&forge).ok_or_else(|| {
         ApiError::BadRequest(format!("no way to read {forge} repositories is configured"))
     })?;
-    let files = source.pipelines(&repo, &sha).await.map_err(|e| {
+    let files = source.pipelines(&trigger.repo, &sha).await.map_err(|e| {
         ApiError::BadRequest(format!("cannot read the pipeline files at {sha}: {e}"))
     })?;
     if files.is_empty() {
@@ -302,7 +309,6 @@ pub async fn trigger(
             "no pipeline at {sha}: expected .gantry.yaml or .gantry/*.yaml"
         )));
     }
-    let trigger = gantry_core::Trigger::new(Event::Manual, repo, git_ref, sha);
     let runs = state.engine.trigger_manual(trigger, files).await?;
     Ok((http::StatusCode::CREATED, Json(json!({ "runs": runs }))))
 }

@@ -41,7 +41,14 @@ pub async fn receive(
     let delivery = match gantry_forge::receive(kind, &headers, &body, secrets) {
         Ok(delivery) => delivery,
         Err(err) => {
-            let id = gantry_forge::delivery_id(kind, &headers);
+            // The id is untrusted too: the log gets no more of it than an id can be long.
+            let id = gantry_forge::delivery_id(kind, &headers).map(|id| {
+                let max = gantry_forge::admit::MAX_DELIVERY_ID;
+                match id.char_indices().nth(max) {
+                    Some((cut, _)) => format!("{}… ({} bytes)", &id[..cut], id.len()),
+                    None => id,
+                }
+            });
             tracing::warn!(forge = %kind, delivery = ?id, error = %err, "webhook refused");
             let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
             return Ok((status, Json(json!({ "error": err.to_string() }))).into_response());
