@@ -65,13 +65,29 @@ impl Masker {
     }
 
     /// The text with every secret form replaced by [`MASK`]. Borrows when nothing matched.
+    ///
+    /// A secret split by escape sequences or control characters (`Secr\x1b[0m+et`) is joined
+    /// again by a terminal showing the raw log and by the viewer's colour renderer, so the text
+    /// is also looked at as it is shown: when that holds a secret, the shown text, masked, is
+    /// what is kept (the line loses its colours, never the secret's mask).
     pub fn mask<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
-        match &self.matcher {
-            Some(m) if m.is_match(text) => {
-                m.replace_all(text, &vec![MASK; self.patterns.len()]).into()
+        let Some(m) = &self.matcher else {
+            return text.into();
+        };
+        let masks = vec![MASK; self.patterns.len()];
+        let masked: std::borrow::Cow<'t, str> = if m.is_match(text) {
+            m.replace_all(text, &masks).into()
+        } else {
+            text.into()
+        };
+        let hides = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+        if masked.bytes().any(hides) {
+            let shown: String = anstream::adapter::strip_str(&masked).collect();
+            if m.is_match(&shown) {
+                return m.replace_all(&shown, &masks).into();
             }
-            _ => text.into(),
         }
+        masked
     }
 
     /// Where to cut `text` at or before byte `limit` so that no secret form straddles the cut:
@@ -171,6 +187,21 @@ mod tests {
         let m = masker(&["hunter22"]);
         assert_eq!(m.mask("password=hunter22!"), "password=***!");
         assert_eq!(m.mask("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn a_secret_split_by_escape_sequences_is_masked_as_it_would_be_shown() {
+        let m = masker(&["Tok3n/Secr+et=Value"]);
+        // printf 'Tok3n/Secr\033[0m+et=Value': a terminal and the viewer show it joined.
+        assert_eq!(m.mask("key: Tok3n/Secr\x1b[0m+et=Value!"), "key: ***!");
+        assert_eq!(m.mask("Tok3n\x1b]0;title\x07/Secr\x1b[31m+et=Value"), "***");
+        assert_eq!(m.mask("Tok3n/Se\x08cr+et=Value"), "***");
+        // Colours stay where no secret hides behind them.
+        assert_eq!(
+            m.mask("\x1b[32mok\x1b[0m Tok3n/Secr+et=Value"),
+            "\x1b[32mok\x1b[0m ***"
+        );
+        assert_eq!(m.mask("\x1b[32mgreen\x1b[0m"), "\x1b[32mgreen\x1b[0m");
     }
 
     #[test]

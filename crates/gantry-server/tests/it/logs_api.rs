@@ -39,6 +39,12 @@ async fn take_lines(sse: &mut SseClient, n: usize) -> (Vec<Value>, usize) {
 
 fn assert_no_secret(what: &str, text: &str) {
     assert!(!text.contains(SECRET), "{what} shows the secret: {text}");
+    // As a terminal or the viewer's colour renderer shows it: without the escape sequences.
+    let shown = text.replace("\x1b[0m", "").replace("\\u001b[0m", "");
+    assert!(
+        !shown.contains(SECRET),
+        "{what} shows the secret once its escape sequences are rendered: {text}"
+    );
     assert!(
         !text.contains(&STANDARD.encode(SECRET)[..12]),
         "{what} shows base64 of the secret"
@@ -260,6 +266,8 @@ async fn a_secret_never_appears_in_the_api_the_stream_the_pages_or_the_store() {
         format!("export TOKEN={SECRET}"),
         format!("auth: {}", STANDARD.encode(format!("ci:{SECRET}"))),
         STANDARD.encode(SECRET),
+        // printf 'split: s3cr3t\033[0m-Value-42' (before: shown joined by the viewer).
+        format!("split: {}\x1b[0m{}", &SECRET[..6], &SECRET[6..]),
     ];
     for p in &printed {
         a.line(0, p).await;
