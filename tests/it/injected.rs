@@ -308,6 +308,9 @@ async fn faults_injected_at_each_call_site_lose_no_acknowledged_work() {
     let seed = seed();
     let random = format!("seed={seed} rate=0.03 sites=store,logs,forge");
     let plans = [
+        // At start: opening the database and recovery wait for the store (before: the first
+        // failed read ended `gantry serve` with "cannot start the engine").
+        "store.read#1 store.read#2 store.read#5 store.begin#1",
         "store.begin#2 store.begin#9 store.begin#23 store.begin#40",
         "store.commit#3 store.commit#11 store.commit#25 store.commit#41",
         "store.read#4 store.read#15 store.read#30",

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use gantry_core::{
@@ -16,6 +17,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::machine::Active;
+
+/// How long [`Engine::start`] waits for a store that cannot be reached or written.
+pub const START_PATIENCE: Duration = Duration::from_secs(120);
 use crate::{EngineConfig, Error, LogSink, Result};
 
 /// A backend that can pick up attempts it started before Gantry restarted (Kubernetes: the
@@ -142,15 +146,39 @@ impl Engine {
     /// Recovers what the last process left (attempts that were running end as `error` unless
     /// the backend re-attaches, and are retried when they have retries left; runs move on), then
     /// starts the scheduler and the reporter.
+    ///
+    /// A store that cannot be reached or written right now (a database restarting, an I/O
+    /// error) is waited for, trying again with backoff for up to [`START_PATIENCE`], rather
+    /// than failing the start: recovery is what a crash would leave anyway, so it can be run
+    /// again from the top.
     pub async fn start(&self) -> Result<()> {
-        let rx = self
-            .0
-            .events_rx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .ok_or(Error::AlreadyStarted)?;
-        self.0.recover().await?;
+        let events = || {
+            self.0
+                .events_rx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if events().is_none() {
+            return Err(Error::AlreadyStarted);
+        }
+        let since = std::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.0.recover().await {
+                Ok(()) => break,
+                Err(Error::Store(err))
+                    if err.is_unavailable()
+                        && since.elapsed() < START_PATIENCE
+                        && !self.0.token.is_cancelled() =>
+                {
+                    tracing::warn!(error = %err, retry_in = ?delay, "cannot recover yet: the store failed; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        let rx = events().take().ok_or(Error::AlreadyStarted)?;
         let scheduler = tokio::spawn(crate::machine::run_loop(self.0.clone(), rx));
         let reporter = tokio::spawn(crate::reporter::run(self.0.clone()));
         self.0

@@ -1186,6 +1186,11 @@ impl Inner {
             .jobs_in_states(&[State::Pending, State::Running])
             .await?;
         for job in unfinished {
+            // Re-attached by an earlier try of this recovery (`Engine::start` tries again when
+            // the store failed half way): attaching twice would follow its log twice.
+            if active.contains_key(&(job.id, job.attempt)) {
+                continue;
+            }
             if let Some(reattach) = &self.reattach
                 && let Some(run) = self.store.get_run(job.run_id).await?
             {

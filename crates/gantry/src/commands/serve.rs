@@ -293,7 +293,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .trim_end_matches('/')
         .to_owned();
 
-    let store = gantry_store::Store::open(&database_url)
+    let store = open_store(&database_url)
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(&database_url)))?;
 
@@ -752,6 +752,25 @@ async fn log_archive(
     .context("--log-archive-url: the log archive cannot be used")?;
     let text = archive.location().to_owned();
     Ok(Some((Arc::new(archive), text)))
+}
+
+/// Opens (and migrates) the store. A database that cannot be reached or written yet (a
+/// PostgreSQL server still starting beside Gantry, an I/O error) is waited for with backoff for
+/// up to [`gantry_engine::START_PATIENCE`], saying so; any other error (a wrong password, a newer
+/// schema) fails at once.
+async fn open_store(url: &str) -> Result<gantry_store::Store, gantry_store::Error> {
+    let since = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match gantry_store::Store::open(url).await {
+            Err(err) if err.is_unavailable() && since.elapsed() < gantry_engine::START_PATIENCE => {
+                tracing::warn!(error = %err, retry_in = ?delay, "cannot open the database yet; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Starts the scheduler (after recovery), the pod sweeper, and the planning of deliveries a
