@@ -423,12 +423,23 @@ async fn watch_autoscaler_events(
                 }
             }
             Ok(_) => {}
-            Err(e) if !warned => {
+            Err(e) if !warned && forbidden(&e) => {
                 warned = true;
                 tracing::warn!(error = %e, "cannot watch the cluster autoscaler's events (RBAC: list and watch events in the build namespace); unschedulable pods end after the grace; retrying with backoff");
             }
             Err(e) => tracing::debug!(error = %e, "event watch error; retrying with backoff"),
         }
+    }
+}
+
+/// Was a watch refused for want of permission (403), rather than failing for a while?
+fn forbidden(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(err)
+        | watcher::Error::WatchStartFailed(err)
+        | watcher::Error::WatchFailed(err) => crate::api::code(err) == Some(403),
+        watcher::Error::WatchError(status) => status.code == 403,
+        watcher::Error::NoResourceVersion => false,
     }
 }
 
@@ -957,5 +968,31 @@ impl gantry_engine::Reattach for KubeBackend {
         );
         tokio::spawn(runner.run(rx));
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod forbidden_tests {
+    use kube::core::Status;
+    use kube::runtime::watcher;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(Status::failure("x", "y").with_code(code)).into())
+    }
+
+    #[test]
+    fn only_a_403_is_blamed_on_rbac() {
+        assert!(super::forbidden(&watcher::Error::InitialListFailed(api(
+            403
+        ))));
+        assert!(super::forbidden(&watcher::Error::WatchError(Box::new(
+            Status::failure("x", "Forbidden").with_code(403)
+        ))));
+        // An API server that is overloaded or failing for a while is not a permission problem.
+        assert!(!super::forbidden(&watcher::Error::InitialListFailed(api(
+            429
+        ))));
+        assert!(!super::forbidden(&watcher::Error::WatchFailed(api(500))));
+        assert!(!super::forbidden(&watcher::Error::NoResourceVersion));
     }
 }
