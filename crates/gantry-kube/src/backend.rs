@@ -977,7 +977,7 @@ mod forbidden_tests {
     use kube::runtime::watcher;
 
     fn api(code: u16) -> kube::Error {
-        kube::Error::Api(Box::new(Status::failure("x", "y").with_code(code)).into())
+        kube::Error::Api(Box::new(Status::failure("x", "y").with_code(code)))
     }
 
     #[test]
