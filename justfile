@@ -4,15 +4,18 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 gantry := "target/debug/gantry"
 
+[private]
 default:
     @just --list --unsorted
 
 # Gantry doing its job here on embedded defaults: `gantry serve` (SQLite, local backend,
 # 127.0.0.1:8080) receives a signed push webhook for examples/demo and runs its pipeline.
+[doc("Gantry here on embedded defaults: gantry serve gets a signed push of examples/demo and runs it")]
 demo *ARGS: build
     scripts/demo {{ARGS}}
 
 # The same pipeline with `gantry run` (no server): live, coloured output per step.
+[doc("The demo's pipeline with gantry run (no server), live output per step")]
 demo-run: build
     #!/usr/bin/env bash
     set -euo pipefail
@@ -26,6 +29,7 @@ demo-run: build
 
 # The whole test suite, as CI runs it: formatting, lints, generated files, every test (with a
 # PostgreSQL server and a Kubernetes test cluster), fuzzing.
+[doc("The whole test suite exactly as CI runs it (installs and starts what it needs)")]
 test: deps fmt-check clippy check-generated check-chart cluster-build cluster-stage-tests test-all fuzz-ci
 
 # Install what the tests need (Debian packages, cargo tools).
@@ -36,14 +40,17 @@ deps:
 build:
     cargo build -p gantry
 
+[doc("Fail when code is not formatted (cargo fmt)")]
 fmt-check:
     cargo fmt --all -- --check
 
+[doc("Clippy on every target, warnings as errors")]
 clippy:
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # Every test of every crate (unit, integration, system), with a throwaway PostgreSQL server and
 # a throwaway Kubernetes test cluster (tests/cluster; see docs/testing.md).
+[doc("Every test of every crate, with a throwaway PostgreSQL server and Kubernetes test cluster")]
 test-all:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -54,11 +61,13 @@ test-all:
 
 # The Helm chart: helm lint --strict, kubernetes-validate --strict (1.36) on each value set,
 # checkov and trivy config, with every accepted finding documented in the chart.
+[doc("Check the Helm chart: helm lint, kubernetes-validate, checkov, trivy config")]
 check-chart:
     scripts/check-chart
 
 # Build (or reuse from the cache) the Kubernetes control plane, kubelet, etcd and kwok, the
 # real node's containerd, and the delivery chain's tools (Kaniko, Trivy, yq, Flux), for the tests.
+[doc("Build (or reuse) the test cluster's Kubernetes, real node and delivery-chain tools")]
 cluster-build:
     tests/cluster/build
     tests/cluster/node/build

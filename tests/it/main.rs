@@ -4,6 +4,7 @@ mod chart;
 mod cli_lint;
 mod cli_run;
 mod delivery_chain;
+mod dev;
 mod examples;
 mod faults;
 mod injected;
