@@ -54,3 +54,93 @@ fn which(program: &str) -> std::path::PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }
+
+/// `./dev demo` as a newcomer meets it: the run finishes, the demo says where the run is in the
+/// viewer and which token signs in (before: neither), its commit links point nowhere false, and
+/// the push command it prints makes Gantry run the new commit (before: nothing to try next).
+#[test]
+fn the_demo_says_how_to_sign_in_and_runs_the_commit_its_printed_command_pushes() {
+    use std::io::{BufRead, BufReader};
+    crate::support::gantry_bin();
+    let data = tempfile::tempdir().unwrap();
+    let port = crate::server::free_port();
+    let mut demo = Command::new(workspace().join("scripts/demo"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data.path())
+        .env("PYTHONUNBUFFERED", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run scripts/demo");
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut next = |until: &dyn Fn(&str) -> bool| -> String {
+        loop {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(180))
+                .unwrap_or_else(|_| panic!("the demo stopped saying things:\n{}", seen.join("\n")));
+            seen.push(line.clone());
+            if until(&line) {
+                return line;
+            }
+        }
+    };
+    let finished = next(&|l| l.starts_with("run success") || l.starts_with("run failure"));
+    assert!(finished.starts_with("run success"), "{finished}");
+    let viewer = next(&|l| l.starts_with("The run in the viewer:"));
+    let run_url = viewer.rsplit(' ').next().unwrap().to_owned();
+    assert!(
+        run_url.starts_with(&format!("http://127.0.0.1:{port}/runs/")),
+        "{viewer}"
+    );
+    let token = next(&|l| l.starts_with("Sign in"));
+    assert!(token.contains("demo-token"), "{token}");
+    let command = next(&|l| l.trim_start().starts_with("cd ") && l.contains("git push"));
+    // The run page links to no made-up forge host.
+    let page = get_text(&run_url);
+    assert!(!page.contains("github.example"), "{page}");
+    let pushed = Command::new("bash")
+        .args(["-c", command.trim()])
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "{command}: {pushed:?}");
+    let second = next(&|l| l.starts_with("run:") && l.contains("/runs/"));
+    let second_url = second.rsplit(' ').next().unwrap().to_owned();
+    assert_ne!(second_url, run_url);
+    let id = second_url.rsplit('/').next().unwrap();
+    let api = format!("http://127.0.0.1:{port}/api/v1/runs/{id}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let run = loop {
+        let run: serde_json::Value = serde_json::from_str(&get_text(&api)).unwrap();
+        if run["status"] == "success" || std::time::Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(run["message"], "Say more", "{run:#}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status();
+    let _ = demo.wait();
+}
+
+/// `GET url`'s body, from a test that is not async.
+fn get_text(url: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = crate::server::client().get(url).send().await.unwrap();
+        r.text().await.unwrap()
+    })
+}
