@@ -279,6 +279,7 @@ async fn main() {
         engine: engine.clone(),
         webhook_secrets: HashMap::new(),
         sources: HashMap::new(),
+        forge_reads: Default::default(),
         git: Arc::new(gantry_forge::GitReader::new(dir.path().join("git"))),
         api_token: None,
         public_url: "http://127.0.0.1".into(),
