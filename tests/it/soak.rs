@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::server::{FakeGithub, Gantry, GitDaemon, WEBHOOK_SECRET, client, push_payload};
+use crate::server::{FakeGithub, Gantry, GitDaemon, client, push_payload};
 use crate::support::Repo;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
@@ -91,8 +91,6 @@ pub async fn soak(total: u64, in_flight: u64, every: u64, env: &[(&str, &str)]) 
     let gantry = Gantry::start(data.path(), &github.url, env);
     let pid = gantry.pid();
     let body = push_payload("soak", &url, ZERO, &sha, &[".gantry.yaml"]);
-    let signature = gantry_forge::hmac_sha256_hex_of(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
-    let http = client();
     let mut samples = vec![Sample {
         runs: 0,
         rss_kib: rss_kib(pid),
@@ -112,13 +110,7 @@ pub async fn soak(total: u64, in_flight: u64, every: u64, env: &[(&str, &str)]) 
             "the soak is stuck: {done} of {total} runs finished"
         );
         while sent < total && sent - done < in_flight {
-            let r = http
-                .post(format!("{}/hooks/github", gantry.url))
-                .header("content-type", "application/json")
-                .header("x-github-event", "push")
-                .header("x-github-delivery", format!("soak-{sent}"))
-                .header("x-hub-signature-256", format!("sha256={signature}"))
-                .body(body.clone())
+            let r = crate::server::signed_push(&gantry.url, &format!("soak-{sent}"), &body)
                 .send()
                 .await
                 .unwrap();
