@@ -735,6 +735,15 @@ mod tests {
 
     impl Warnings {
         fn capture(&self) -> tracing::subscriber::DefaultGuard {
+            // tracing caches each callsite's interest for the whole process, decided by the
+            // first thread to reach it: a test running in parallel without a subscriber would
+            // cache "never", and this capture then misses the warning (seen in CI: 0 of 1).
+            // A process-wide subscriber interested in everything keeps every interest "always";
+            // what it receives is dropped with it at exit.
+            static GLOBAL: std::sync::Once = std::sync::Once::new();
+            GLOBAL.call_once(|| {
+                let _ = tracing::subscriber::set_global_default(Warnings::default());
+            });
             tracing::subscriber::set_default(self.clone())
         }
 
