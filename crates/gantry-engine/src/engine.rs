@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use gantry_core::{
@@ -17,9 +16,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::machine::Active;
-
-/// How long [`Engine::start`] waits for a store that cannot be reached or written.
-pub const START_PATIENCE: Duration = Duration::from_secs(120);
 use crate::{EngineConfig, Error, LogSink, Result};
 
 /// A backend that can pick up attempts it started before Gantry restarted (Kubernetes: the
@@ -161,23 +157,14 @@ impl Engine {
         if events().is_none() {
             return Err(Error::AlreadyStarted);
         }
-        let since = std::time::Instant::now();
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match self.0.recover().await {
-                Ok(()) => break,
-                Err(Error::Store(err))
-                    if err.is_unavailable()
-                        && since.elapsed() < START_PATIENCE
-                        && !self.0.token.is_cancelled() =>
-                {
-                    tracing::warn!(error = %err, retry_in = ?delay, "cannot recover yet: the store failed; trying again");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        gantry_store::patiently(
+            "recover",
+            || self.0.recover(),
+            |err| {
+                matches!(err, Error::Store(e) if e.is_unavailable()) && !self.0.token.is_cancelled()
+            },
+        )
+        .await?;
         let rx = events().take().ok_or(Error::AlreadyStarted)?;
         let scheduler = tokio::spawn(crate::machine::run_loop(self.0.clone(), rx));
         let reporter = tokio::spawn(crate::reporter::run(self.0.clone()));

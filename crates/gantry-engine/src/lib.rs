@@ -27,7 +27,7 @@ mod status;
 mod timeouts;
 
 pub use config::{EngineConfig, RepoSupersede, ReporterConfig, SupersedePolicy};
-pub use engine::{Engine, Reattach, START_PATIENCE};
+pub use engine::{Engine, Reattach};
 pub use gantry_logs::Logs;
 pub use gantry_store::{Page, RunFilter, RunRecord};
 pub use grants::{

@@ -111,7 +111,6 @@ pub const FORGE_READS: usize = 16;
 /// never holds up another's).
 #[derive(Debug)]
 pub struct ForgeReads {
-    limit: usize,
     per_forge: [Semaphore; 4],
 }
 
@@ -120,14 +119,8 @@ impl ForgeReads {
     pub fn new(limit: usize) -> ForgeReads {
         let limit = limit.max(1);
         ForgeReads {
-            limit,
             per_forge: std::array::from_fn(|_| Semaphore::new(limit)),
         }
-    }
-
-    /// The configured bound.
-    pub fn limit(&self) -> usize {
-        self.limit
     }
 
     fn of(&self, forge: ForgeKind) -> &Semaphore {

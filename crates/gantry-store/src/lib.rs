@@ -88,6 +88,36 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How long Gantry waits, at start, for a store that cannot be reached or written.
+pub const START_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs `attempt` until it succeeds, or fails in a way `unavailable` does not call the store
+/// being unavailable for now (a PostgreSQL server still starting, an I/O error), or
+/// [`START_PATIENCE`] has passed: waits between tries, 200 ms doubling to 5 s, and logs each
+/// wait as "cannot WHAT yet".
+pub async fn patiently<T, E, Fut>(
+    what: &str,
+    mut attempt: impl FnMut() -> Fut,
+    unavailable: impl Fn(&E) -> bool,
+) -> std::result::Result<T, E>
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+{
+    let since = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Err(err) if unavailable(&err) && since.elapsed() < START_PATIENCE => {
+                tracing::warn!(error = %err, retry_in = ?delay, "cannot {what} yet; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Which database a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DbKind {

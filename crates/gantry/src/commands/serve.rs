@@ -756,21 +756,15 @@ async fn log_archive(
 
 /// Opens (and migrates) the store. A database that cannot be reached or written yet (a
 /// PostgreSQL server still starting beside Gantry, an I/O error) is waited for with backoff for
-/// up to [`gantry_engine::START_PATIENCE`], saying so; any other error (a wrong password, a newer
+/// up to [`gantry_store::START_PATIENCE`], saying so; any other error (a wrong password, a newer
 /// schema) fails at once.
 async fn open_store(url: &str) -> Result<gantry_store::Store, gantry_store::Error> {
-    let since = std::time::Instant::now();
-    let mut delay = std::time::Duration::from_millis(200);
-    loop {
-        match gantry_store::Store::open(url).await {
-            Err(err) if err.is_unavailable() && since.elapsed() < gantry_engine::START_PATIENCE => {
-                tracing::warn!(error = %err, retry_in = ?delay, "cannot open the database yet; trying again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            }
-            result => return result,
-        }
-    }
+    gantry_store::patiently(
+        "open the database",
+        || gantry_store::Store::open(url),
+        gantry_store::Error::is_unavailable,
+    )
+    .await
 }
 
 /// Starts the scheduler (after recovery), the pod sweeper, and the planning of deliveries a
