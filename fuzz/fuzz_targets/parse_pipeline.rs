@@ -1,5 +1,5 @@
-//! Arbitrary bytes → `parse` (and `lint`) → `plan` with a fixed trigger. Nothing may panic,
-//! hang or blow the memory limit.
+//! Arbitrary bytes → `parse` (and `lint`, each diagnostic rendered over the source) → `plan`
+//! with a fixed trigger. Nothing may panic, hang or blow the memory limit.
 #![no_main]
 
 use gantry_core::{Event, ForgeKind, RepoRef, RunId, Trigger};
@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let source = String::from_utf8_lossy(data);
-    let _ = gantry_pipeline::lint("fuzz.yaml", &source);
+    for d in gantry_pipeline::lint("fuzz.yaml", &source) {
+        let _ = d.render(&source, true);
+    }
     if let Ok(pipeline) = gantry_pipeline::parse("fuzz.yaml", &source) {
         let repo = RepoRef {
             forge: ForgeKind::Github,

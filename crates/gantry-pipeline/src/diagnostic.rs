@@ -22,8 +22,10 @@ impl Level {
 
 /// One message about one place in a pipeline file.
 ///
-/// Displays as `{file}:{line}:{column}: error: {message}`; line and column are 1-based and
-/// count characters, like editors do.
+/// Displays on one line as `{file}:{line}:{column}: error: {message}` (and `(help: …)` when
+/// there is a hint); line and column are 1-based and count characters, like editors do.
+/// [`Diagnostic::render`] shows it the way rustc does: the source line with a caret under the
+/// place, and the hint below.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
     pub file: String,
@@ -31,6 +33,8 @@ pub struct Diagnostic {
     pub column: usize,
     pub severity: Level,
     pub message: String,
+    /// What probably went wrong and how to fix it, when a likely mistake is recognised.
+    pub help: Option<String>,
 }
 
 impl Diagnostic {
@@ -46,7 +50,13 @@ impl Diagnostic {
             column: column.max(1),
             severity: Level::Error,
             message: message.into(),
+            help: None,
         }
+    }
+
+    pub(crate) fn with_help(mut self, help: Option<String>) -> Self {
+        self.help = help;
+        self
     }
 
     pub(crate) fn warning(
@@ -64,6 +74,50 @@ impl Diagnostic {
     pub fn is_error(&self) -> bool {
         self.severity == Level::Error
     }
+
+    /// The diagnostic over the line of `source` it is about, with a caret under the place (the
+    /// word there underlined), and its hint: what `gantry lint` prints. `styled` adds colours.
+    pub fn render(&self, source: &str, styled: bool) -> String {
+        use annotate_snippets::{AnnotationKind, Renderer, Snippet};
+        let level = match self.severity {
+            Level::Error => annotate_snippets::Level::ERROR,
+            Level::Warning => annotate_snippets::Level::WARNING,
+        };
+        let renderer = if styled {
+            Renderer::styled()
+        } else {
+            Renderer::plain()
+        };
+        let Some(text) = source.lines().nth(self.line.saturating_sub(1)) else {
+            // A position past the end (an empty file): the one-line form says it all.
+            return self.to_string();
+        };
+        let start = text
+            .char_indices()
+            .nth(self.column.saturating_sub(1))
+            .map_or(text.len(), |(i, _)| i);
+        let word = text[start..]
+            .find(|c: char| !(c.is_alphanumeric() || "_-./$".contains(c)))
+            .unwrap_or(text.len() - start);
+        let end = if word == 0 {
+            text[start..]
+                .chars()
+                .next()
+                .map_or(start, |c| start + c.len_utf8())
+        } else {
+            start + word
+        };
+        let mut group = level.primary_title(self.message.as_str()).element(
+            Snippet::source(text)
+                .line_start(self.line)
+                .path(self.file.as_str())
+                .annotation(AnnotationKind::Primary.span(start..end)),
+        );
+        if let Some(help) = &self.help {
+            group = group.element(annotate_snippets::Level::HELP.message(help.as_str()));
+        }
+        renderer.render(&[group])
+    }
 }
 
 impl fmt::Display for Diagnostic {
@@ -76,7 +130,11 @@ impl fmt::Display for Diagnostic {
             self.column,
             self.severity.as_str(),
             self.message
-        )
+        )?;
+        match &self.help {
+            Some(help) => write!(f, " (help: {help})"),
+            None => Ok(()),
+        }
     }
 }
 

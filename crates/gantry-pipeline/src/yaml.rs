@@ -311,6 +311,15 @@ fn syntax_error(file: &str, source: &str, err: &YamlError) -> Diagnostic {
             "tabs are not allowed for indentation; use spaces",
         );
     }
+    if let Some((col, help)) = flow_value(source, line, column) {
+        return Diagnostic::error(
+            file,
+            line,
+            col,
+            format!("invalid YAML in a value that starts a flow collection ({raw})"),
+        )
+        .with_help(Some(help));
+    }
     let message = match inner {
         YamlError::Budget { breach, .. } if format!("{breach:?}").starts_with("Documents") => {
             "a pipeline file holds one YAML document; remove the extra `---`".into()
@@ -403,6 +412,7 @@ fn humane_expected(expected: &str) -> String {
         "a map" => "a mapping".into(),
         "mapping start" => "a mapping (`key: value` lines)".into(),
         "sequence start" => "a list (`- item` lines or `[a, b]`)".into(),
+        "string scalar" => "a string".into(),
         e => e.into(),
     }
 }
@@ -417,7 +427,7 @@ fn humane_found(unexpected: &str) -> String {
 }
 
 /// A typed-pass error, explained with where in the document it is.
-fn shape_error(file: &str, root: &Sp<Node>, err: &YamlError) -> Diagnostic {
+fn shape_error(file: &str, source: &str, root: &Sp<Node>, err: &YamlError) -> Diagnostic {
     let (inner, loc) = unwrap_error(err);
     let (line, column) = loc.unwrap_or((1, 1));
     let at_value = find(root, (line, column), false)
@@ -458,7 +468,7 @@ fn shape_error(file: &str, root: &Sp<Node>, err: &YamlError) -> Diagnostic {
             variant, expected, ..
         } => {
             // A single value in a "one or a list" field is reported at its key.
-            let at = find(root, (line, column), true).unwrap_or(at_value);
+            let at = find(root, (line, column), true).unwrap_or_else(|| at_value.clone());
             let noun = last_key(&at.path)
                 .filter(|k| ["event", "status", "severity", "operator", "effect"].contains(k))
                 .unwrap_or("value");
@@ -509,7 +519,150 @@ fn shape_error(file: &str, root: &Sp<Node>, err: &YamlError) -> Diagnostic {
         ),
         other => strip_location(&other.to_string()),
     };
-    Diagnostic::error(file, line, column, message)
+    let flow = || {
+        (message.contains("found a mapping") || message.contains("found a list"))
+            .then(|| flow_value(source, line, column).map(|(_, help)| help))
+            .flatten()
+    };
+    let empty = || {
+        message
+            .contains("found nothing (null)")
+            .then(|| nothing_under(source, line))
+            .flatten()
+    };
+    let job_key_as_job = || match at_value.path.as_slice() {
+        [Seg::Key(jobs), Seg::Key(key)] if jobs == "jobs" && JOB_KEYS.contains(&key.as_str()) => {
+            Some(format!(
+                "`{key}` is read as the name of a job here; as a key of a job, indent it under \
+                 the job's name"
+            ))
+        }
+        _ => None,
+    };
+    let help = match inner {
+        YamlError::SerdeUnknownField { field, .. } => {
+            let at_key = find(root, (line, column), true).unwrap_or_default();
+            misplaced_key(field, &at_key.path, root)
+        }
+        _ => None,
+    }
+    .or_else(flow)
+    .or_else(empty)
+    .or_else(job_key_as_job);
+    Diagnostic::error(file, line, column, message).with_help(help)
+}
+
+/// Keys only a step has (what a step does).
+const STEP_KEYS: &[&str] = &["run", "kaniko", "trivy", "gitops"];
+/// Keys only a job has.
+const JOB_KEYS: &[&str] = &[
+    "steps",
+    "needs",
+    "image",
+    "services",
+    "matrix",
+    "secrets",
+    "resources",
+    "retry",
+    "node_selector",
+    "tolerations",
+];
+
+/// A hint for an unknown key that is a known key one level up or down: usually a line indented
+/// too little or too much.
+fn misplaced_key(field: &str, path: &[Seg], root: &Sp<Node>) -> Option<String> {
+    use Seg::{Index, Key};
+    let parent = &path[..path.len().saturating_sub(1)];
+    let is = |s: &Seg, name: &str| matches!(s, Key(k) if k == name);
+    match parent {
+        [jobs, Key(job)] if is(jobs, "jobs") && STEP_KEYS.contains(&field) => Some(format!(
+            "`{field}` is a key of a step, not of a job: steps are list items under `steps:` \
+             (`- {field}: …`); indent it there, under job `{job}`"
+        )),
+        [jobs, Key(_), steps, Index(_)]
+            if is(jobs, "jobs") && is(steps, "steps") && JOB_KEYS.contains(&field) =>
+        {
+            Some(format!(
+                "`{field}` is a key of the job, not of a step: line it up with `steps:`"
+            ))
+        }
+        [] if JOB_KEYS.contains(&field) || STEP_KEYS.contains(&field) => Some(format!(
+            "`{field}` belongs to a job: indent it under the job's name, inside `jobs:`"
+        )),
+        [] => {
+            let Node::Map(top) = &root.value else {
+                return None;
+            };
+            let (_, value) = top.iter().find(|(k, _)| k.value == field)?;
+            let Node::Map(fields) = &value.value else {
+                return None;
+            };
+            fields.iter().any(|(k, _)| k.value == "steps").then(|| {
+                format!("`{field}` looks like a job: jobs go inside `jobs:`, indented under it")
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Where a value that starts a flow collection (`{` or `[`) begins on `line`, at or before
+/// `column`, with a hint to quote it: `{{ name }}` and `[skip ci]` are text to their author but
+/// YAML to the parser.
+fn flow_value(source: &str, line: usize, column: usize) -> Option<(usize, String)> {
+    let text = source.lines().nth(line.checked_sub(1)?)?;
+    let chars: Vec<char> = text.chars().collect();
+    let start = (0..chars.len().min(column)).find(|&i| {
+        if chars[i] != '{' && chars[i] != '[' {
+            return false;
+        }
+        let before: String = chars[..i].iter().collect();
+        let before = before.trim_end();
+        before.is_empty() || before.ends_with(':') || before.ends_with('-')
+    })?;
+    let open = chars[start];
+    let head: String = chars[..start].iter().collect();
+    let value: String = chars[start..].iter().collect();
+    let value = value.trim_end();
+    let quoted = if value.contains('\'') {
+        format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        format!("'{value}'")
+    };
+    let what = if open == '{' {
+        "mapping (`{key: value}`)"
+    } else {
+        "list (`[a, b]`)"
+    };
+    Some((
+        start + 1,
+        format!(
+            "a value that starts with `{open}` is a YAML flow {what}; if it is text (a \
+             template such as `{{{{ name }}}}`, a `[tag]`), quote the whole value: `{}{quoted}`",
+            head.trim_start()
+        ),
+    ))
+}
+
+/// A hint when the value at `line` is empty because the lines below are not indented under it.
+fn nothing_under(source: &str, line: usize) -> Option<String> {
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let here = source.lines().nth(line.checked_sub(1)?)?;
+    let key = here
+        .trim()
+        .trim_start_matches("- ")
+        .split(':')
+        .next()?
+        .trim();
+    let next = source
+        .lines()
+        .skip(line)
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))?;
+    (indent(next) <= indent(here)).then(|| {
+        format!(
+            "nothing is indented under `{key}:`; the lines that belong to it must be indented \
+             more than `{key}`"
+        )
+    })
 }
 
 fn list(items: &[&str]) -> String {
@@ -561,13 +714,197 @@ pub(crate) fn load(file: &str, source: &str) -> Result<PipelineFile, Vec<Diagnos
             )]);
         }
     }
-    let mut dups = Vec::new();
-    find_duplicates(file, &tree, &mut Vec::new(), &mut dups);
-    if !dups.is_empty() {
-        return Err(dups);
+    let mut diags = Vec::new();
+    find_duplicates(file, &tree, &mut Vec::new(), &mut diags);
+    // With duplicates reported, the typed pass takes the first of each and looks for the rest.
+    let policy = if diags.is_empty() {
+        DuplicateKeyPolicy::Error
+    } else {
+        DuplicateKeyPolicy::FirstWins
+    };
+    // The typed pass stops at its first error. To report every independent error in one go,
+    // the part of the file that holds it (a step, a job, a top-level key) is set aside — its
+    // text blanked, lines kept, so every position stays what it is in the file — and the pass
+    // runs again on the rest.
+    let mut text = source.to_owned();
+    let mut aside = Vec::new();
+    for _ in 0..MAX_SHAPE_ERRORS {
+        let err = match serde_saphyr::from_str_with_options::<PipelineFile>(&text, options(policy))
+        {
+            Ok(parsed) if diags.is_empty() => return Ok(parsed),
+            Ok(_) => break,
+            Err(err) => err,
+        };
+        if !diags.is_empty() && !is_shape(unwrap_error(&err).0) {
+            // Blanking a part broke something else (an anchor it held): not the user's error.
+            break;
+        }
+        let d = shape_error(file, source, &tree, &err);
+        let at = offset_of(source, d.line, d.column);
+        diags.push(d);
+        match set_aside(&tree, source, at, &aside) {
+            Some(range) => {
+                blank(&mut text, range.clone());
+                aside.push(range);
+            }
+            None => break,
+        }
     }
-    serde_saphyr::from_str_with_options::<PipelineFile>(source, options(DuplicateKeyPolicy::Error))
-        .map_err(|err| vec![shape_error(file, &tree, &err)])
+    Err(diags)
+}
+
+/// At most this many typed-pass errors are reported for one file.
+const MAX_SHAPE_ERRORS: usize = 20;
+
+/// Errors of the typed pass about the file's shape (not its YAML syntax).
+fn is_shape(err: &YamlError) -> bool {
+    !matches!(
+        err,
+        YamlError::UnknownAnchor { .. }
+            | YamlError::Budget { .. }
+            | YamlError::MultipleDocuments { .. }
+    )
+}
+
+/// Byte offset of a 1-based line and (character) column.
+fn offset_of(source: &str, line: usize, column: usize) -> usize {
+    let mut start = 0;
+    for _ in 1..line {
+        match source[start..].find('\n') {
+            Some(i) => start += i + 1,
+            None => return source.len(),
+        }
+    }
+    let rest = &source[start..];
+    start
+        + rest
+            .char_indices()
+            .nth(column.saturating_sub(1))
+            .map_or(rest.len(), |(i, _)| i)
+}
+
+/// Replaces every character in `range` but line breaks with spaces, one for each of its bytes,
+/// so that every byte offset stays what it is in the file.
+fn blank(text: &mut String, range: std::ops::Range<usize>) {
+    let blanked: String = text[range.clone()]
+        .chars()
+        .flat_map(|c| {
+            let keep = c == '\n' || c == '\r';
+            std::iter::repeat_n(
+                if keep { c } else { ' ' },
+                if keep { 1 } else { c.len_utf8() },
+            )
+        })
+        .collect();
+    text.replace_range(range, &blanked);
+}
+
+/// Ranges from each start to the next, the last to `end`; `None` unless the starts rise.
+fn ranges_from(starts: Vec<usize>, end: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    if starts.windows(2).any(|w| w[0] >= w[1]) || starts.last().is_some_and(|s| *s >= end) {
+        return None;
+    }
+    Some(
+        starts
+            .iter()
+            .enumerate()
+            .map(|(i, s)| *s..starts.get(i + 1).copied().unwrap_or(end))
+            .collect(),
+    )
+}
+
+/// Whether only spaces (and, for a list item, its `- `) come before `offset` on its line.
+fn starts_line(source: &str, offset: usize) -> bool {
+    let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
+    source[line_start..offset].chars().all(|c| c == ' ')
+}
+
+/// The byte ranges of a block mapping's entries: from each key to the next key, the last to
+/// `end`. `None` when the mapping is not written in block style.
+fn entry_ranges(
+    entries: &[(Sp<String>, Sp<Node>)],
+    source: &str,
+    end: usize,
+) -> Option<Vec<std::ops::Range<usize>>> {
+    let starts: Vec<usize> = entries
+        .iter()
+        .map(|(k, _)| {
+            k.pos
+                .offset
+                .filter(|o| *o < end && source.is_char_boundary(*o) && starts_line(source, *o))
+        })
+        .collect::<Option<_>>()?;
+    ranges_from(starts, end)
+}
+
+/// The byte ranges of a block list's items: from each `-` to the next, the last to `end`.
+fn item_ranges(
+    items: &[Sp<Node>],
+    source: &str,
+    end: usize,
+) -> Option<Vec<std::ops::Range<usize>>> {
+    let starts: Vec<usize> = items
+        .iter()
+        .map(|item| {
+            let at = item
+                .pos
+                .offset
+                .filter(|o| *o < end && source.is_char_boundary(*o))?;
+            let dash = source[..at].trim_end_matches(' ').strip_suffix('-')?.len();
+            starts_line(source, dash).then_some(dash)
+        })
+        .collect::<Option<_>>()?;
+    ranges_from(starts, end)
+}
+
+/// The part of the file to set aside after an error at byte `at`: the step that holds it, or
+/// its job, or the top-level entry (never `jobs` itself, and never a part whose list or mapping
+/// would be left empty, which would be an error of its own). `None` when there is no such part.
+fn set_aside(
+    root: &Sp<Node>,
+    source: &str,
+    at: usize,
+    aside: &[std::ops::Range<usize>],
+) -> Option<std::ops::Range<usize>> {
+    let Node::Map(top) = &root.value else {
+        return None;
+    };
+    let holding = |ranges: &[std::ops::Range<usize>]| ranges.iter().position(|r| r.contains(&at));
+    let left = |ranges: &[std::ops::Range<usize>]| {
+        ranges
+            .iter()
+            .filter(|r| !aside.iter().any(|a| a.start <= r.start && r.end <= a.end))
+            .count()
+    };
+    let tops = entry_ranges(top, source, source.len())?;
+    let t = holding(&tops)?;
+    let (key, value) = &top[t];
+    if key.value != "jobs" {
+        return Some(tops[t].clone());
+    }
+    let Node::Map(jobs) = &value.value else {
+        return None;
+    };
+    let job_ranges = entry_ranges(jobs, source, tops[t].end)?;
+    let j = holding(&job_ranges)?;
+    let job = job_ranges[j].clone();
+    let step = match &jobs[j].1.value {
+        Node::Map(fields) => entry_ranges(fields, source, job.end).and_then(|field_ranges| {
+            let f = holding(&field_ranges)?;
+            let (name, steps) = &fields[f];
+            let Node::Seq(items) = &steps.value else {
+                return None;
+            };
+            if name.value != "steps" {
+                return None;
+            }
+            let items = item_ranges(items, source, field_ranges[f].end)?;
+            let s = holding(&items)?;
+            (left(&items) > 1).then(|| items[s].clone())
+        }),
+        _ => None,
+    };
+    step.or_else(|| (left(&job_ranges) > 1).then_some(job))
 }
 
 /// Position (line, column) of the first `needle` at or after a value's text, for messages

@@ -1,6 +1,6 @@
 //! Every file in `tests/broken/` is a pipeline with one mistake. Its first line says where the
 //! first error must be and what it must say: `# expect: LINE:COLUMN: MESSAGE` (a substring of
-//! the message).
+//! the message); a second line `# help: HINT` says what its hint must say.
 
 use std::path::{Path, PathBuf};
 
@@ -67,8 +67,97 @@ fn every_broken_pipeline_reports_its_expected_diagnostic() {
                 "{name}: expected {line}:{column}: {message}\n    got {first}"
             ));
         }
+        let help = source
+            .lines()
+            .nth(1)
+            .and_then(|l| l.strip_prefix("# help: "));
+        if let Some(help) = help
+            && !first.help.as_deref().is_some_and(|h| h.contains(help))
+        {
+            failures.push(format!(
+                "{name}: expected the hint {help:?}\n    got {:?}",
+                first.help
+            ));
+        }
         let shown = first.to_string();
         assert!(shown.starts_with(&format!("{name}:{}:{}: error: ", first.line, first.column)));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Mistakes in different places (the triggers, two steps of one job, two other jobs, a
+/// duplicate) are all reported in one pass, each once, with nothing they do not cause.
+#[test]
+fn every_independent_error_is_reported_in_one_pass() {
+    let source = "\
+on:
+  pussh: {}
+jobs:
+  build:
+    stepz:
+      - run: make
+  test:
+    steps:
+      - run: make test
+        needs: [build]
+      - run: make more
+      - runs: make docs
+  lint:
+    steps:
+      - run: make lint
+    run: cargo clippy
+  lint:
+    steps:
+      - run: make lint
+";
+    let found: Vec<String> = gantry_pipeline::lint("multi.yaml", source)
+        .iter()
+        .map(|d| format!("{}:{} {}", d.line, d.column, d.message))
+        .collect();
+    let expected = [
+        "2:3 unknown key `pussh` in `on`",
+        "5:5 unknown key `stepz` in job `build`",
+        "10:9 unknown key `needs` in step 1 of job `test`",
+        "12:9 unknown key `runs` in step 3 of job `test`",
+        "16:5 unknown key `run` in job `lint`",
+        "17:3 duplicate job name `lint`",
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for (f, e) in found.iter().zip(expected) {
+        assert!(f.starts_with(e), "expected {e:?}, got {f:?} in {found:#?}");
+    }
+}
+
+/// What `gantry lint` prints: the message, where, the line itself with the place underlined,
+/// and the hint; a position past the end still renders.
+#[test]
+fn a_diagnostic_shows_its_line_with_a_caret_under_the_column_and_its_hint() {
+    let source = "jobs:\n  build:\n    steps:\n      - run: make\n    run: make test\n";
+    let d = gantry_pipeline::lint("ci.yaml", source);
+    assert_eq!(d.len(), 1, "{d:?}");
+    let shown = d[0].render(source, false);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(
+        lines[0].starts_with("error: unknown key `run` in job `build`"),
+        "{shown}"
+    );
+    assert_eq!(lines[1].trim(), "--> ci.yaml:5:5", "{shown}");
+    let code = lines
+        .iter()
+        .position(|l| l.ends_with("run: make test"))
+        .unwrap();
+    assert!(lines[code].starts_with("5 |"), "{shown}");
+    // The caret line puts `^^^` under `run`, column 5 of the source line.
+    let caret = lines[code + 1];
+    let gutter = lines[code].find("    run").unwrap();
+    assert_eq!(&caret[gutter + 4..].trim_end(), &"^^^", "{shown}");
+    assert!(
+        shown.contains("= help: `run` is a key of a step, not of a job"),
+        "{shown}"
+    );
+    assert!(!shown.contains('\u{1b}'), "plain has no colours: {shown:?}");
+    assert!(d[0].render(source, true).contains('\u{1b}'));
+    let mut past = d[0].clone();
+    past.line = 99;
+    assert_eq!(past.render(source, false), past.to_string());
 }

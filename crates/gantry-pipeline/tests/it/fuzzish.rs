@@ -9,7 +9,9 @@ use crate::support::*;
 
 fn parse_and_plan(source: &str) {
     let start = Instant::now();
-    let _ = gantry_pipeline::lint("p.yaml", source);
+    for d in gantry_pipeline::lint("p.yaml", source) {
+        let _ = d.render(source, false);
+    }
     if let Ok(p) = gantry_pipeline::parse("p.yaml", source) {
         let _ = plan_for(&p, &push("main"));
     }

@@ -4,9 +4,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use gantry_pipeline::Level;
-use owo_colors::{OwoColorize, Stream::Stderr};
 
-use super::{discover_pipelines, is_yaml};
+use super::{discover_pipelines, is_yaml, show_diagnostic};
 
 #[derive(Debug, Args)]
 pub struct LintArgs {
@@ -30,15 +29,10 @@ pub fn lint(args: LintArgs) -> anyhow::Result<ExitCode> {
         let diagnostics = gantry_pipeline::lint(&name, &source);
         for d in &diagnostics {
             match d.severity {
-                Level::Error => {
-                    errors += 1;
-                    eprintln!("{}", d.if_supports_color(Stderr, |d| d.red()));
-                }
-                Level::Warning => {
-                    warnings += 1;
-                    eprintln!("{}", d.if_supports_color(Stderr, |d| d.yellow()));
-                }
+                Level::Error => errors += 1,
+                Level::Warning => warnings += 1,
             }
+            show_diagnostic(d, &source);
         }
         if diagnostics.is_empty() {
             println!("{name}: ok");

@@ -29,6 +29,18 @@ pub fn discover_pipelines(root: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Prints a pipeline diagnostic to stderr as `gantry lint` shows it: the line of `source` with a
+/// caret under the place, and the hint; in colour as the rest of the output is (`--color`,
+/// `NO_COLOR`, a terminal or not).
+pub fn show_diagnostic(d: &gantry_pipeline::Diagnostic, source: &str) {
+    use owo_colors::{OwoColorize, Stream::Stderr};
+    let styled = !""
+        .if_supports_color(Stderr, |t| t.red())
+        .to_string()
+        .is_empty();
+    eprintln!("{}\n", d.render(source, styled));
+}
+
 pub fn is_yaml(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),

@@ -64,7 +64,9 @@ pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     let pipeline = match gantry_pipeline::parse(&name, &source) {
         Ok(p) => p,
         Err(diagnostics) => {
-            eprintln!("{diagnostics}");
+            for d in &diagnostics.0 {
+                super::show_diagnostic(d, &source);
+            }
             return Ok(ExitCode::FAILURE);
         }
     };

@@ -9,7 +9,7 @@ use clap::Args;
 use gantry_core::{Checkout, Event, ForgeKind, RepoRef, RunId, Secret, Trigger};
 use gantry_local::{LocalBackend, LocalConfig};
 use gantry_pipeline::{PlanContext, PlannedJob};
-use owo_colors::{OwoColorize, Stream::Stderr};
+use owo_colors::OwoColorize;
 use tokio::sync::watch;
 
 use super::{discover_pipelines, display_path};
@@ -95,11 +95,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let shown = display_path(&file, &root);
     let source = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let pipeline = match gantry_pipeline::parse(&shown, &String::from_utf8_lossy(&source)) {
+    let source = String::from_utf8_lossy(&source);
+    let pipeline = match gantry_pipeline::parse(&shown, &source) {
         Ok(pipeline) => pipeline,
         Err(diagnostics) => {
             for d in &diagnostics.0 {
-                eprintln!("{}", d.if_supports_color(Stderr, |d| d.red()));
+                super::show_diagnostic(d, &source);
             }
             bail!("{shown} is not a valid pipeline (see above)");
         }
