@@ -88,6 +88,19 @@ jobs:
     assert!(!out.contains("│ should-not-deploy"), "{out}");
     assert!(out.contains("step `broken` exited with 3"), "{out}");
     assert!(out.contains("run failed"), "{out}");
+    // The closing table says each fact once (it said the step and its code twice).
+    let line = summary_line(out, "test");
+    assert_eq!(line.matches("broken").count(), 1, "{line:?} in {out}");
+    assert_eq!(line.matches('3').count(), 1, "{line:?} in {out}");
+}
+
+/// The closing table's line for `job`.
+fn summary_line<'a>(out: &'a str, job: &str) -> &'a str {
+    let table = out.rsplit("\n\n").next().unwrap_or(out);
+    table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(job))
+        .unwrap_or_else(|| panic!("no line for job {job} in the summary: {out}"))
 }
 
 #[test]
@@ -105,6 +118,10 @@ jobs:
           echo going to sleep
           sleep 300 &
           sleep 300
+  slow:
+    timeout: 1s
+    steps:
+      - run: sleep 300
 "#,
     )
     .commit("pipeline");
@@ -113,6 +130,17 @@ jobs:
     assert!(ran.took < Duration::from_secs(30), "took {:?}", ran.took);
     assert!(ran.stdout.contains("timed out after 2s"), "{}", ran.all());
     assert!(ran.stdout.contains("│ going to sleep"), "{}", ran.all());
+    // Each fact once in the closing table: the step and the timeout, for a step's timeout and
+    // for the job's.
+    for (job, step, timeout) in [("hang", "forever", "2s"), ("slow", "sleep 300", "1s")] {
+        let line = summary_line(&ran.stdout, job);
+        assert_eq!(line.matches(step).count(), 1, "{line:?}");
+        assert_eq!(
+            line.matches(&format!("timed out after {timeout}")).count(),
+            1,
+            "{line:?}"
+        );
+    }
 }
 
 #[test]

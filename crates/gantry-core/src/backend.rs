@@ -144,6 +144,18 @@ pub struct StepOutcome {
     pub summary: Option<String>,
 }
 
+impl StepOutcome {
+    /// Why the job failed, when this step (named `step`) failed it: what a backend reports as
+    /// the job's reason.
+    pub fn failure_reason(&self, step: &str) -> String {
+        match (&self.reason, self.exit_code) {
+            (Some(reason), _) => format!("step {step:?} failed: {reason}"),
+            (None, Some(code)) => format!("step {step:?} failed with exit code {code}"),
+            (None, None) => format!("step {step:?} failed"),
+        }
+    }
+}
+
 /// Something that happened to a job attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobEvent {

@@ -337,11 +337,7 @@ impl Tracker {
             && !self.allow_failure[i]
             && self.failed.is_none()
         {
-            let reason = match (&outcome.reason, outcome.exit_code) {
-                (Some(r), _) => format!("step {:?} failed: {r}", self.names[i]),
-                (None, Some(c)) => format!("step {:?} failed with exit code {c}", self.names[i]),
-                (None, None) => format!("step {:?} failed", self.names[i]),
-            };
+            let reason = outcome.failure_reason(&self.names[i]);
             self.failed = Some((outcome.state, reason));
         }
     }

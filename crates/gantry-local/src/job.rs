@@ -362,7 +362,7 @@ async fn run_steps(
             && !step.allow_failure
             && failed.is_none()
         {
-            failed = Some((outcome.state, failure_reason(step, &outcome)));
+            failed = Some((outcome.state, outcome.failure_reason(&step.name)));
         }
         events
             .send(JobEventKind::StepFinished {
@@ -376,14 +376,6 @@ async fn run_steps(
         (Some(Halt::JobTimedOut(t)), _) => (State::Failure, Some(t.to_string())),
         (None, Some((state, reason))) => (state, Some(reason)),
         (None, None) => (State::Success, None),
-    }
-}
-
-fn failure_reason(step: &StepSpec, outcome: &StepOutcome) -> String {
-    match (&outcome.reason, outcome.exit_code) {
-        (Some(reason), _) => format!("step {:?} failed: {reason}", step.name),
-        (None, Some(code)) => format!("step {:?} failed with exit code {code}", step.name),
-        (None, None) => format!("step {:?} failed", step.name),
     }
 }
 

@@ -8,7 +8,7 @@ use gantry_core::{JobEvent, JobEventKind, State, Stream, Timestamp};
 use gantry_pipeline::PlannedJob;
 use owo_colors::{OwoColorize, Stream::Stdout};
 
-use crate::walk::{JobResult, Observer};
+use crate::walk::{FailedStep, JobResult, Observer};
 
 /// Prints each step's output under a header naming the job and step, and a line for how each
 /// step and job ended.
@@ -126,12 +126,24 @@ pub fn summary(results: &[JobResult], took: Duration) -> String {
     let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0);
     let mut out = String::from("\n");
     for r in results {
+        // Each fact once: the failed step with its exit code or its own reason, then the
+        // job's reason only when it says something else (a job timeout, a lost backend) — a
+        // backend's reason for a failed step restates the step.
         let mut detail = match &r.failed_step {
-            Some((step, Some(code))) => format!("step `{step}` exited with {code}"),
-            Some((step, None)) => format!("step `{step}` failed"),
+            Some(FailedStep { name, outcome }) => match (&outcome.reason, outcome.exit_code) {
+                (Some(why), _) => format!("step `{name}` failed: {why}"),
+                (None, Some(code)) => format!("step `{name}` exited with {code}"),
+                (None, None) => format!("step `{name}` failed"),
+            },
             None => String::new(),
         };
-        if let Some(reason) = &r.reason {
+        let restates = |reason: &String| {
+            r.failed_step.as_ref().is_some_and(|s| {
+                *reason == s.outcome.failure_reason(&s.name)
+                    || Some(reason) == s.outcome.reason.as_ref()
+            })
+        };
+        if let Some(reason) = r.reason.as_ref().filter(|r| !restates(r)) {
             if !detail.is_empty() {
                 detail.push_str(": ");
             }

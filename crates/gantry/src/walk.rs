@@ -17,11 +17,18 @@ pub struct JobResult {
     pub name: String,
     pub state: State,
     pub attempts: u32,
-    /// The first failed step's name and exit code, when a step failed.
-    pub failed_step: Option<(String, Option<i32>)>,
+    /// The first failed step that counts (not `allow_failure`), when a step failed the job.
+    pub failed_step: Option<FailedStep>,
     pub reason: Option<String>,
     pub duration: Duration,
     pub allow_failure: bool,
+}
+
+/// The step that failed a job: its name and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedStep {
+    pub name: String,
+    pub outcome: gantry_core::StepOutcome,
 }
 
 impl JobResult {
@@ -123,7 +130,7 @@ impl Walk<'_> {
         attempt: u32,
         secret_values: &BTreeMap<String, Secret>,
         obs: &mut dyn Observer,
-    ) -> (State, Option<String>, Option<(String, Option<i32>)>) {
+    ) -> (State, Option<String>, Option<FailedStep>) {
         let (tx, mut rx) = mpsc::channel(256);
         let request = JobRequest {
             run_id: self.run_id,
@@ -167,7 +174,7 @@ impl Walk<'_> {
                             .steps
                             .get(step)
                             .map_or_else(|| format!("step {}", step + 1), |s| s.name.clone());
-                        failed_step = Some((name, outcome.exit_code));
+                        failed_step = Some(FailedStep { name, outcome });
                     }
                 }
                 JobEventKind::Finished { state, reason } => return (state, reason, failed_step),
@@ -197,8 +204,12 @@ pub fn exit_code(results: &[JobResult]) -> u8 {
     }
     match results.iter().find(|r| r.blocks()) {
         None => 0,
-        Some(result) => match result.failed_step {
-            Some((_, Some(code))) if (1..=255).contains(&code) => code as u8,
+        Some(result) => match result
+            .failed_step
+            .as_ref()
+            .and_then(|s| s.outcome.exit_code)
+        {
+            Some(code) if (1..=255).contains(&code) => code as u8,
             _ => 1,
         },
     }
@@ -320,7 +331,11 @@ mod tests {
             ]
         );
         assert_eq!(exit_code(&results), 7);
-        assert_eq!(results[0].failed_step, Some(("only".into(), Some(7))));
+        let failed = results[0].failed_step.as_ref().unwrap();
+        assert_eq!(
+            (failed.name.as_str(), failed.outcome.exit_code),
+            ("only", Some(7))
+        );
     }
 
     #[tokio::test]
