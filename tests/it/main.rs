@@ -7,6 +7,7 @@ mod delivery_chain;
 mod dev;
 mod examples;
 mod faults;
+mod getting_started;
 mod injected;
 mod node;
 mod real_node;
