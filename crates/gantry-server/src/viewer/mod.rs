@@ -2,8 +2,9 @@
 //!
 //! Pages are rendered here; `assets/gantry.js` (plain JavaScript, no build step) loads log
 //! pages from the JSON API, follows running steps over SSE, renders ANSI colours, and sends
-//! cancel and retry with the token the user signed in with. Log lines never pass through these
-//! pages: they come only from the API, masked and stored like every other reader sees them.
+//! cancel and retry with the token the user signed in with. The log lines a page shows itself
+//! (the last lines of a failed step on the run page) are read from the same log store as the
+//! API's, masked when they were stored, and escaped here.
 
 mod graph;
 mod html;
@@ -22,7 +23,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::views::commit_url;
-use html::{badge, esc, live_duration, page, q, time};
+use html::{badge, esc, live_duration, mark, page, q, time};
 
 const CSS: &str = include_str!("assets/gantry.css");
 const JS: &str = include_str!("assets/gantry.js");
@@ -225,9 +226,10 @@ async fn runs_page(
         for r in &runs {
             let id = r.run.id.to_string();
             let t = &r.run.trigger;
+            let worst = worst_of_cancelled(&state, r).await;
             let _ = write!(
                 body,
-                r#"<tr class="run" data-run="{id}"><td data-label="Status">{badge}</td><td data-label="Run"><a class="run-link" href="/runs/{id}">{name}</a><div class="sub">{repo}</div></td><td data-label="Branch">{what}</td><td data-label="Commit" class="commit">{commit}</td><td data-label="Author">{author}</td><td data-label="Event">{event}</td><td data-label="Duration">{dur}</td><td data-label="Created">{created}</td></tr>"#,
+                r#"<tr class="run" data-run="{id}"><td data-label="Status">{badge}{worst}</td><td data-label="Run"><a class="run-link" href="/runs/{id}">{name}</a><div class="sub">{repo}</div></td><td data-label="Branch">{what}</td><td data-label="Commit" class="commit">{commit}</td><td data-label="Author">{author}</td><td data-label="Event">{event}</td><td data-label="Duration">{dur}</td><td data-label="Created">{created}</td></tr>"#,
                 badge = badge(r.run.state, &id),
                 name = esc(&r.name),
                 repo = esc(&t.repo.full_name),
@@ -292,14 +294,18 @@ fn latest_attempts(r: &RunRecord) -> (Vec<&Job>, BTreeMap<&str, Vec<&Job>>) {
     (latest, by_name)
 }
 
-fn run_header(r: &RunRecord, extra: &str) -> String {
+/// The run's title and facts. On a job page the facts are folded (`facts_open` false) so the
+/// job's log comes first on a small screen.
+fn run_header(r: &RunRecord, extra: &str, facts_open: bool) -> String {
     let t = &r.run.trigger;
     let id = r.run.id.to_string();
     let mut out = String::new();
+    let short: String = t.sha.chars().take(8).collect();
     let _ = write!(
         out,
         r#"<section class="card run-head" data-run="{id}" data-final="{fin}">
 <div class="title">{badge}<h1><a href="/runs/{id}">{name}</a></h1></div>
+<details class="facts-box"{open}><summary>{repo} · {what} · <code>{short}</code></summary>
 <dl class="facts">
 <div><dt>Repository</dt><dd>{repo}</dd></div>
 <div><dt>Branch / PR</dt><dd>{what}</dd></div>
@@ -308,7 +314,9 @@ fn run_header(r: &RunRecord, extra: &str) -> String {
 <div><dt>Event</dt><dd>{event}</dd></div>
 <div><dt>Duration</dt><dd>{dur}</dd></div>
 <div><dt>Created</dt><dd>{created}</dd></div>
-</dl>"#,
+</dl></details>"#,
+        open = if facts_open { " open" } else { "" },
+        short = esc(&short),
         fin = r.run.state.is_final(),
         badge = badge(r.run.state, &id),
         name = esc(&r.name),
@@ -375,7 +383,7 @@ async fn run_page(
     }
     actions.push_str("</div>");
     let (latest, attempts) = latest_attempts(&r);
-    let mut body = run_header(&r, &actions);
+    let mut body = run_header(&r, &actions, true);
     let _ = write!(
         body,
         r#"<section class="card"><h2>Jobs</h2><div class="graph-wrap">{}</div></section>"#,
@@ -392,11 +400,12 @@ async fn run_page(
         };
         let _ = write!(
             body,
-            r#"<li class="job"><div class="job-head">{badge}<a href="/runs/{run_id}/jobs/{jid}">{name}</a>{queue} {dur}</div>"#,
+            r#"<li class="job" data-job="{jid}"><div class="job-head">{badge}<a href="/runs/{run_id}/jobs/{jid}">{name}</a>{queue} {dur}</div>"#,
             badge = badge(job.state, &jid),
             name = esc(&job.name),
             dur = live_duration(job.started_at, job.finished_at, &jid),
         );
+        body.push_str(&why(&state, job).await);
         if let Some(all) = attempts.get(job.name.as_str())
             && all.len() > 1
         {
@@ -416,8 +425,8 @@ async fn run_page(
             let of = format!("{jid}:{}", s.index);
             let _ = write!(
                 body,
-                r#"<li>{badge}<a href="/runs/{run_id}/jobs/{jid}?step={i}">{name}</a> {dur}</li>"#,
-                badge = badge(s.state, &of),
+                r#"<li>{mark}<a href="/runs/{run_id}/jobs/{jid}?step={i}">{name}</a> {dur}</li>"#,
+                mark = mark(s.state, &of),
                 i = s.index,
                 name = esc(&s.name),
                 dur = live_duration(s.started_at, s.finished_at, &of),
@@ -433,6 +442,91 @@ async fn run_page(
         &body,
     )
     .into_response()
+}
+
+/// How many lines of a failed step the run page shows.
+const WHY_LINES: usize = 5;
+
+/// Why a job ended as it did, under its name on the run page: the step that failed it with its
+/// exit code and its last lines, or the job's reason (why it was skipped or cancelled, a
+/// timeout). Empty for a job that succeeded or has not ended.
+async fn why(state: &AppState, job: &Job) -> String {
+    if !job.state.is_final() || job.state == RunState::Success {
+        return String::new();
+    }
+    let failed = job
+        .steps
+        .iter()
+        .find(|s| matches!(s.state, RunState::Failure | RunState::Error));
+    let mut out = String::from(r#"<div class="why">"#);
+    if let Some(s) = failed {
+        let _ = write!(
+            out,
+            r#"<p class="why-step">Step <b>{name}</b> failed: {outcome}</p>"#,
+            name = esc(&s.name),
+            outcome = esc(&outcome_text(s)),
+        );
+        let lines = last_lines(state, job, s.index, WHY_LINES).await;
+        if !lines.is_empty() {
+            let _ = write!(
+                out,
+                r#"<pre class="log-tail" aria-label="the last lines of {name}">{lines}</pre>"#,
+                name = esc(&s.name),
+                lines = esc(&lines.join("\n")),
+            );
+        }
+    }
+    if let Some(reason) = job.reason.as_deref().filter(|r| !r.is_empty())
+        && failed.is_none_or(|s| s.reason.as_deref() != Some(reason) && !reason.contains(&s.name))
+    {
+        let _ = write!(out, r#"<p class="why-reason">{}</p>"#, esc(reason));
+    }
+    out.push_str("</div>");
+    if out == r#"<div class="why"></div>"# {
+        return String::new();
+    }
+    out
+}
+
+/// The last `n` lines of a step's log as plain text (colours and other escapes removed);
+/// empty when the log cannot be read (the page says what it can without it).
+async fn last_lines(state: &AppState, job: &Job, step: usize, n: usize) -> Vec<String> {
+    let key = gantry_logs::StepKey::new(job.id, job.attempt, step);
+    let Ok(progress) = state.logs.progress(key).await else {
+        return Vec::new();
+    };
+    let from = progress.lines.saturating_sub(n as u64) + 1;
+    match state.logs.read(key, from, n).await {
+        Ok(page) => page
+            .lines
+            .iter()
+            .map(|l| anstream::adapter::strip_str(&l.text).to_string())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// For a cancelled run whose jobs did worse before it was cancelled: "✘ 1 job failed".
+async fn worst_of_cancelled(state: &AppState, r: &RunRecord) -> String {
+    if r.run.state != RunState::Cancelled {
+        return String::new();
+    }
+    let Ok(Some(full)) = state.engine.get_run(r.run.id).await else {
+        return String::new();
+    };
+    let (latest, _) = latest_attempts(&full);
+    let failed = latest
+        .iter()
+        .filter(|j| matches!(j.state, RunState::Failure | RunState::Error))
+        .count();
+    if failed == 0 {
+        return String::new();
+    }
+    format!(
+        r#"<div class="worst s-failure">{icon} {failed} job{s} failed</div>"#,
+        icon = html::icon(RunState::Failure),
+        s = if failed == 1 { "" } else { "s" },
+    )
 }
 
 /// The steps of a job that said what they produced, as `<dl class="summaries">` (step name,
@@ -485,6 +579,31 @@ fn outcome_text(s: &Step) -> String {
         parts.push(reason.to_owned());
     }
     parts.join(" · ")
+}
+
+/// The run's jobs beside a job's log (below it on a phone), this one marked as the page's.
+fn job_list(r: &RunRecord, current: &Job) -> String {
+    let run_id = r.run.id.to_string();
+    let (latest, _) = latest_attempts(r);
+    let mut out =
+        String::from(r#"<nav class="card job-list" aria-label="the run's jobs"><h2>Jobs</h2><ul>"#);
+    for j in latest {
+        let jid = j.id.to_string();
+        let here = if j.id == current.id {
+            r#" aria-current="page""#
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            r#"<li>{mark}<a href="/runs/{run_id}/jobs/{jid}"{here}>{name}</a> {dur}</li>"#,
+            mark = mark(j.state, &jid),
+            name = esc(&j.name),
+            dur = live_duration(j.started_at, j.finished_at, &jid),
+        );
+    }
+    out.push_str("</ul></nav>");
+    out
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -571,7 +690,8 @@ async fn job_page(
         ));
     }
     extra.push_str("</div>");
-    let mut body = run_header(&r, &extra);
+    let mut body = run_header(&r, &extra, false);
+    body.push_str(r#"<div class="job-layout">"#);
     let selected = qs.step.or_else(|| {
         job.steps
             .iter()
@@ -580,6 +700,14 @@ async fn job_page(
                 job.steps
                     .iter()
                     .find(|s| matches!(s.state, RunState::Failure | RunState::Error))
+            })
+            .or_else(|| {
+                // A job that ended well opens its last step that ran: where its output ends.
+                job.steps
+                    .iter()
+                    .rev()
+                    .find(|s| s.state.is_final() && s.started_at.is_some())
+                    .filter(|_| job.state.is_final())
             })
             .map(|s| s.index)
     });
@@ -598,7 +726,7 @@ async fn job_page(
         let _ = write!(
             body,
             r#"<details class="step" id="step-{i}" data-step="{i}" data-log="{log}" data-state="{st}">
-<summary>{badge}<span class="step-name">{name}</span> {dur}{outcome}</summary>
+<summary>{mark}<span class="step-name">{name}</span> {dur}{outcome}</summary>
 <div class="log-tools">
 <label class="follow"><input type="checkbox" class="follow-toggle" checked> Follow</label>
 <form class="search" role="search"><input type="search" name="q" placeholder="Search this log" aria-label="Search this log"><button type="submit">Search</button></form>
@@ -609,7 +737,7 @@ async fn job_page(
 </details>"#,
             i = s.index,
             st = s.state.as_str(),
-            badge = badge(s.state, &of),
+            mark = mark(s.state, &of),
             name = esc(&s.name),
             dur = live_duration(s.started_at, s.finished_at, &of),
             outcome = outcome(s, &of),
@@ -627,5 +755,7 @@ async fn job_page(
         );
     }
     body.push_str("</section>");
+    body.push_str(&job_list(&r, job));
+    body.push_str("</div>");
     page(&format!("{} · {}", job.name, r.name), &body).into_response()
 }

@@ -284,7 +284,7 @@ async fn the_viewer_in_chromium_lists_runs_tails_live_logs_across_a_reconnect_an
     h.wait_run_state(run, State::Cancelled).await;
     wait_js(
         &c,
-        &format!("const b = document.querySelector('[data-status-of=\"{run}\"]'); return !!b && b.textContent === 'cancelled';"),
+        &format!("const b = document.querySelector('[data-status-of=\"{run}\"]'); return !!b && b.querySelector('.label').textContent === 'cancelled';"),
         "the cancelled run",
     )
     .await;
@@ -384,5 +384,303 @@ async fn summaries_and_failures_appear_live_on_the_open_pages() {
         "the failed step's exit code, reason and summary",
     )
     .await;
+    c.close().await.unwrap();
+}
+
+/// Where the browser tests keep their screenshots for a person to look at:
+/// `target/gantry-screenshots/` (or under `CARGO_TARGET_DIR`).
+fn screenshot_dir() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let dir = target.join("gantry-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("a screenshot");
+    let path = screenshot_dir().join(format!("{name}.png"));
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+}
+
+/// Whether the page is no wider than the window (nothing to scroll sideways but the log and the
+/// graph, which scroll inside themselves).
+async fn fits(c: &Client) -> bool {
+    c.execute(
+        "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+        vec![],
+    )
+    .await
+    .unwrap()
+        == json!(true)
+}
+
+const WHY: &str = r#"
+name: ci
+jobs:
+  test:
+    steps:
+      - name: unit tests
+        run: cargo test
+  lint:
+    steps:
+      - name: clippy
+        run: cargo clippy
+  package:
+    needs: [test]
+    steps:
+      - name: tar
+        run: tar czf app.tgz target
+"#;
+
+const QUICK: &str = r#"
+name: quick
+jobs:
+  quick:
+    steps:
+      - name: prepare
+        run: true
+      - name: report
+        run: echo done
+"#;
+
+/// What the issue saw, at a desktop's and a phone's width: a failed job says which step failed
+/// with its exit code and its last lines, a skipped job why, a cancelled run whose job failed
+/// says so in the list; marks (not pills) on every step with the state for screen readers;
+/// sub-second durations, times relative with the absolute one as a tooltip; a successful job
+/// opens its last step ("1 line"); a job page lists the run's jobs beside its log, folds the run
+/// facts and starts with the log on a phone; no page scrolls sideways at 360 or 390 px.
+/// Screenshots of each page at each size are kept (see [`screenshot_dir`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_says_why_at_a_glance_on_a_desktop_and_a_phone() {
+    let h = Harness::new(false).await;
+    let run = h.push_pipeline("main", "break the parser", WHY).await;
+    let test = h.attempt("test").await;
+    let lint = h.attempt("lint").await;
+    test.started().await;
+    test.step_started(0).await;
+    for l in [
+        "running 9 tests",
+        "test lexer ... ok",
+        "test parser ... \u{1b}[31mFAILED\u{1b}[0m",
+        "failures:",
+        "    parser: expected `}` at 3:1",
+        "test result: FAILED. 8 passed; 1 failed",
+        "error: test failed, to rerun pass `--lib`",
+    ] {
+        test.line(0, l).await;
+    }
+    h.wait_lines(test.job, 1, 0, 7).await;
+    test.step_finished(0, State::Failure).await;
+    test.finished_because(
+        State::Failure,
+        "step \"unit tests\" failed with exit code 1",
+    )
+    .await;
+    // `package` needs `test`: skipped for it before the run is cancelled.
+    for _ in 0..500 {
+        let r = h.engine.get_run(run).await.unwrap().unwrap();
+        if r.run
+            .jobs
+            .iter()
+            .any(|j| j.name == "package" && j.state == State::Skipped)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lint.started().await;
+    lint.step_started(0).await;
+    lint.line(0, "checking 40 crates").await;
+    let (status, _) = h
+        .call(
+            http::Request::post(format!("/api/v1/runs/{run}/cancel"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(status.is_success(), "cancel: {status}");
+    lint.step_finished(0, State::Cancelled).await;
+    lint.finished(State::Cancelled).await;
+    h.wait_run_state(run, State::Cancelled).await;
+
+    let quick_run = h.push_pipeline("main", "a quick one", QUICK).await;
+    let quick = h.attempt("quick").await;
+    quick.started().await;
+    quick.step_started(0).await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    quick.step_finished(0, State::Success).await;
+    quick.step_started(1).await;
+    quick.line(1, "done").await;
+    h.wait_lines(quick.job, 1, 1, 1).await;
+    quick.step_finished(1, State::Success).await;
+    quick.finished(State::Success).await;
+    h.wait_run_state(quick_run, State::Success).await;
+
+    let base = format!("http://{}", h.serve().await);
+    let (_driver, c) = browser().await;
+    let run_page = format!("{base}/runs/{run}");
+    let test_page = format!("{base}/runs/{run}/jobs/{}", test.job);
+    let quick_page = format!("{base}/runs/{quick_run}/jobs/{}", quick.job);
+
+    // The runs list: the cancelled run says its job failed.
+    c.goto(&format!("{base}/runs")).await.unwrap();
+    let row = c
+        .find(Locator::Css(&format!("tr.run[data-run='{run}']")))
+        .await
+        .unwrap();
+    let text = row.text().await.unwrap();
+    assert!(text.to_lowercase().contains("cancelled"), "{text}");
+    assert!(text.contains("1 job failed"), "{text}");
+    let when = c
+        .execute(
+            "const t = document.querySelector('tr.run time'); return [t.textContent, t.title];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        when[0].as_str().unwrap().ends_with("ago") || when[0] == "just now",
+        "relative: {when}"
+    );
+    assert!(
+        when[1].as_str().unwrap().contains(':'),
+        "absolute as the tooltip: {when}"
+    );
+    screenshot(&c, "runs-desktop").await;
+
+    // The run page: why each job ended as it did.
+    c.goto(&run_page).await.unwrap();
+    let why = |job: gantry_core::JobId| {
+        format!(
+            "const w = document.querySelector('li.job[data-job=\"{job}\"] .why'); return w ? w.innerText : '';"
+        )
+    };
+    let test_why = c.execute(&why(test.job), vec![]).await.unwrap();
+    let test_why = test_why.as_str().unwrap();
+    assert!(
+        test_why.contains("Step unit tests failed: exit code 1"),
+        "{test_why}"
+    );
+    assert!(
+        test_why.contains("test result: FAILED. 8 passed; 1 failed")
+            && test_why.contains("error: test failed")
+            && test_why.contains("test parser ... FAILED")
+            && !test_why.contains("running 9 tests"),
+        "the last five lines, colours removed: {test_why}"
+    );
+    let package = h
+        .engine
+        .get_run(run)
+        .await
+        .unwrap()
+        .unwrap()
+        .run
+        .jobs
+        .iter()
+        .find(|j| j.name == "package")
+        .unwrap()
+        .id;
+    let package_why = c.execute(&why(package), vec![]).await.unwrap();
+    assert!(
+        package_why
+            .as_str()
+            .unwrap()
+            .contains("a job it needs failed"),
+        "{package_why}"
+    );
+    // Steps carry a mark; the state's name is there for screen readers, not as a pill.
+    let marks = c
+        .execute(
+            "return Array.from(document.querySelectorAll('.steps .badge.mark')).map(b => \
+             [b.querySelector('.label').textContent, b.querySelector('.label').getBoundingClientRect().width, b.title]);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let marks = marks.as_array().unwrap();
+    assert!(!marks.is_empty());
+    for m in marks {
+        assert!(m[1].as_f64().unwrap() <= 1.0, "label hidden: {m}");
+        assert_eq!(m[0], m[2], "tooltip and label: {m}");
+    }
+    assert!(marks.iter().any(|m| m[0] == "failure"), "{marks:?}");
+    screenshot(&c, "run-desktop").await;
+
+    // A successful job opens its last step; sub-second durations; the run's jobs beside it.
+    c.goto(&quick_page).await.unwrap();
+    wait_js(
+        &c,
+        "const d = document.querySelector('details.step[open]'); \
+         return !!d && d.dataset.step === '1' && d.innerText.includes('End of log (1 line).');",
+        "the last step open, its one line counted",
+    )
+    .await;
+    let first = c
+        .execute(
+            "return document.querySelector('#step-0 .dur').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let first = first.as_str().unwrap();
+    assert!(
+        first.ends_with("ms") || (first.ends_with('s') && first.contains('.')),
+        "under a second shows as such: {first}"
+    );
+    screenshot(&c, "job-desktop").await;
+    c.goto(&test_page).await.unwrap();
+    let listed = c
+        .execute(
+            "return Array.from(document.querySelectorAll('nav.job-list li')).map(li => li.innerText);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    let current = c
+        .execute(
+            "return document.querySelector('nav.job-list a[aria-current]').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(current, "test");
+    assert!(fits(&c).await, "the job page fits a desktop");
+
+    // A phone, at its narrowest and a common width.
+    for (w, h_px) in [(360u32, 740u32), (390, 844)] {
+        c.set_window_size(w, h_px).await.unwrap();
+        for (name, url) in [
+            ("runs", format!("{base}/runs")),
+            ("run", run_page.clone()),
+            ("job", test_page.clone()),
+        ] {
+            c.goto(&url).await.unwrap();
+            if name == "job" {
+                wait_js(
+                    &c,
+                    "return !!document.querySelector('details.step[open] .ln');",
+                    "the failed step's log",
+                )
+                .await;
+            }
+            assert!(fits(&c).await, "{name} page scrolls sideways at {w} px");
+            screenshot(&c, &format!("{name}-phone-{w}")).await;
+        }
+        // The job page: the log within the first screen, the run facts folded.
+        let layout = c
+            .execute(
+                "return [document.querySelector('details.step[open] .log').getBoundingClientRect().top < window.innerHeight, \
+                 document.querySelector('details.facts-box').open];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(layout, json!([true, false]), "at {w} px");
+    }
     c.close().await.unwrap();
 }

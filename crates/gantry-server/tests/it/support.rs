@@ -101,6 +101,14 @@ impl Attempt {
         })
         .await;
     }
+    /// The job's end with the reason a backend gives.
+    pub async fn finished_because(&self, state: State, reason: &str) {
+        self.send(JobEventKind::Finished {
+            state,
+            reason: Some(reason.into()),
+        })
+        .await;
+    }
 }
 
 /// A backend whose jobs do exactly what the test says, and whose jobs can see one secret (as
@@ -215,6 +223,11 @@ impl Harness {
 
     /// A push run of [`PIPELINE`] on `branch`.
     pub async fn push(&self, branch: &str, message: &str) -> RunId {
+        self.push_pipeline(branch, message, PIPELINE).await
+    }
+
+    /// A push run of `pipeline` on `branch`.
+    pub async fn push_pipeline(&self, branch: &str, message: &str, pipeline: &str) -> RunId {
         let mut trigger = Trigger::new(
             Event::Push,
             repo(),
@@ -225,7 +238,7 @@ impl Harness {
         trigger.actor = Some("octocat".into());
         let runs = self
             .engine
-            .submit(trigger, vec![(".gantry.yaml".into(), PIPELINE.into())])
+            .submit(trigger, vec![(".gantry.yaml".into(), pipeline.into())])
             .await
             .unwrap();
         runs[0]

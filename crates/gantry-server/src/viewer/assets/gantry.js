@@ -258,7 +258,7 @@
         });
         tail.appendChild(b);
       } else {
-        this.status(total === 0 ? "No output." : "End of log (" + total + " lines).");
+        this.status(total === 0 ? "No output." : "End of log (" + total + (total === 1 ? " line)." : " lines)."));
       }
     }
 
@@ -361,17 +361,38 @@
   }
 
   // ---- statuses and durations ----------------------------------------------------------
-  function human(secs) {
+  // Kept the same as human_ms in viewer/html.rs.
+  function human(ms) {
+    const secs = Math.floor(ms / 1000);
     const h = Math.floor(secs / 3600), m = Math.floor(secs / 60) % 60, s = secs % 60;
-    return h > 0 ? h + "h " + m + "m" : m > 0 ? m + "m " + s + "s" : s + "s";
+    if (h > 0) return h + "h " + m + "m";
+    if (m > 0) return m + "m " + s + "s";
+    if (ms < 1000) return ms + "ms";
+    if (ms < 10000) return (Math.floor(ms / 100) / 10).toFixed(1) + "s";
+    return s + "s";
+  }
+  // Kept the same as ago in viewer/html.rs.
+  function ago(t) {
+    const secs = Math.floor((Date.now() - t) / 1000);
+    if (secs < 5) return "just now";
+    if (secs < 60) return secs + "s ago";
+    if (secs < 3600) return Math.floor(secs / 60) + " min ago";
+    if (secs < 86400) return Math.floor(secs / 3600) + " h ago";
+    if (secs < 172800) return "1 day ago";
+    return Math.floor(secs / 86400) + " days ago";
   }
   function tick() {
     document.querySelectorAll(".dur[data-started]").forEach((el) => {
       if (!el.dataset.started) return;
       const end = el.dataset.finished ? Date.parse(el.dataset.finished) : Date.now();
-      el.textContent = human(Math.max(0, Math.round((end - Date.parse(el.dataset.started)) / 1000)));
+      el.textContent = human(Math.max(0, end - Date.parse(el.dataset.started)));
+    });
+    document.querySelectorAll("time[datetime]").forEach((t) => {
+      t.textContent = ago(Date.parse(t.getAttribute("datetime")));
     });
   }
+  // Kept the same as icon in viewer/html.rs.
+  const ICONS = { success: "✔", failure: "✘", error: "⚠", cancelled: "⊘", skipped: "○", running: "●", queued: "◷", pending: "◷" };
   function setStatus(of, state) {
     document.querySelectorAll('[data-status-of="' + of + '"]').forEach((el) => {
       if (el.tagName.toLowerCase() === "a") {
@@ -379,8 +400,12 @@
         const t = el.querySelector("text.state");
         if (t) t.textContent = state;
       } else {
-        el.className = "badge s-" + state;
-        el.textContent = state;
+        el.className = (el.classList.contains("mark") ? "badge mark s-" : "badge s-") + state;
+        el.title = state;
+        const icon = el.querySelector(".icon");
+        const label = el.querySelector(".label");
+        if (icon) icon.textContent = ICONS[state] || "";
+        if (label) label.textContent = state;
       }
     });
   }
@@ -484,9 +509,9 @@
       if (b) act(b);
     });
     document.querySelectorAll("time[datetime]").forEach((t) => {
-      t.title = t.textContent;
-      t.textContent = new Date(t.getAttribute("datetime")).toLocaleString();
+      t.title = new Date(t.getAttribute("datetime")).toLocaleString();
     });
+    tick();
     refreshAuth();
     setupSteps();
     setInterval(tick, 1000);
