@@ -22,7 +22,14 @@ pub struct SoakResult {
     pub runs: u64,
     pub in_flight: u64,
     pub retention_max_runs: u64,
+    /// Which `gantry` ran: `release` (`scripts/bench soak`) or `debug` (the test command's).
+    #[serde(default = "debug_build")]
+    pub build: String,
     pub samples: Vec<SoakSample>,
+}
+
+fn debug_build() -> String {
+    "debug".into()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -79,11 +79,11 @@ fn soak(r: &SoakResult) -> String {
     let _ = writeln!(
         md,
         "Measured {}. {} runs of a one-step pipeline through `gantry serve` on embedded defaults \
-         (SQLite, the local backend, the debug build `tests/it/soak.rs` runs), {} unfinished at a \
+         (SQLite, the local backend, the {} build; `tests/it/soak.rs`), {} unfinished at a \
          time, with `--run-retention-max-runs {}` (runs deleted with their logs). Reference: the \
-         same server after warm-up, a third of the way in. Every run succeeded (the soak fails \
-         otherwise): deliveries lost 0, runs stuck 0.\n",
-        r.measured, r.runs, r.in_flight, r.retention_max_runs
+         same server after warm-up, a third of the way in. Every webhook was answered 202 and \
+         every run succeeded (the soak fails otherwise): deliveries lost 0, runs stuck 0.\n",
+        r.measured, r.runs, r.build, r.in_flight, r.retention_max_runs
     );
     let Some(last) = r.samples.last() else {
         return md;

@@ -175,6 +175,7 @@ async fn a_short_soak_keeps_memory_and_the_data_directory_flat_after_warm_up() {
             "runs": total,
             "in_flight": 8,
             "retention_max_runs": 200,
+            "build": if std::env::var_os("GANTRY_TEST_BIN").is_some() { "release" } else { "debug" },
             "samples": samples.iter().map(|s| serde_json::json!({
                 "runs": s.runs,
                 "rss_kib": s.rss_kib,

@@ -17,6 +17,16 @@ pub fn workspace() -> PathBuf {
 pub fn gantry_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        // A build of its own (`scripts/bench soak` measures the release build, as deployed).
+        if let Some(bin) = std::env::var_os("GANTRY_TEST_BIN") {
+            let bin = PathBuf::from(bin);
+            assert!(
+                bin.is_file(),
+                "GANTRY_TEST_BIN names no file: {}",
+                bin.display()
+            );
+            return bin;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "gantry", "--bin", "gantry"])
