@@ -8,6 +8,7 @@
 
 mod graph;
 mod html;
+mod log;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -581,6 +582,40 @@ fn outcome_text(s: &Step) -> String {
     parts.join(" · ")
 }
 
+/// The last [`log::FIRST_PAGE`] lines of a step as rows, with a line that says where the log
+/// ends or that more is coming.
+async fn first_page(state: &AppState, job: &Job, step: usize, log: &str) -> String {
+    let key = gantry_logs::StepKey::new(job.id, job.attempt, step);
+    let Ok(progress) = state.logs.progress(key).await else {
+        return String::new();
+    };
+    let from = progress.lines.saturating_sub(log::FIRST_PAGE as u64) + 1;
+    let Ok(page) = state.logs.read(key, from, log::FIRST_PAGE).await else {
+        return String::new();
+    };
+    let mut out = String::new();
+    if from > 1 {
+        let _ = write!(
+            out,
+            r#"<div class="status-line">Lines {from}–{total} of {total}; <a href="{raw}/raw">the whole log</a></div>"#,
+            total = progress.lines,
+            raw = esc(log),
+        );
+    }
+    out.push_str(&log::rows(&page.lines, step, job.attempt));
+    let end = match (progress.closed, progress.lines) {
+        (false, _) => "More lines are coming (the page adds them as they arrive).".to_owned(),
+        (true, 0) => "No output.".to_owned(),
+        (true, 1) => "End of log (1 line).".to_owned(),
+        (true, n) => format!("End of log ({n} lines)."),
+    };
+    let _ = write!(
+        out,
+        r#"<div class="tail"><div class="status-line">{end}</div></div>"#
+    );
+    out
+}
+
 /// The run's jobs beside a job's log (below it on a phone), this one marked as the page's.
 fn job_list(r: &RunRecord, current: &Job) -> String {
     let run_id = r.run.id.to_string();
@@ -723,17 +758,24 @@ async fn job_page(
             "/api/v1/jobs/{jid}/attempts/{}/steps/{}/log",
             job.attempt, s.index
         );
+        // The open step's last lines are in the page: it reads without the script.
+        let (open, first_page) = if selected == Some(s.index) {
+            (" open", first_page(&state, job, s.index, &log).await)
+        } else {
+            ("", String::new())
+        };
         let _ = write!(
             body,
-            r#"<details class="step" id="step-{i}" data-step="{i}" data-log="{log}" data-state="{st}">
+            r#"<details class="step" id="step-{i}" data-step="{i}" data-log="{log}" data-state="{st}"{open}>
 <summary>{mark}<span class="step-name">{name}</span> {dur}{outcome}</summary>
 <div class="log-tools">
 <label class="follow"><input type="checkbox" class="follow-toggle" checked> Follow</label>
+<label class="times"><input type="checkbox" class="times-toggle"> Times</label>
 <form class="search" role="search"><input type="search" name="q" placeholder="Search this log" aria-label="Search this log"><button type="submit">Search</button></form>
 <a class="raw" href="{log}/raw" target="_blank" rel="noopener">Raw</a>
 </div>
 <div class="search-results" hidden></div>
-<div class="log" role="log" aria-live="off"></div>
+<div class="log" role="log" aria-live="off">{first_page}</div>
 </details>"#,
             i = s.index,
             st = s.state.as_str(),

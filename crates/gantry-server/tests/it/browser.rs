@@ -684,3 +684,123 @@ async fn the_viewer_says_why_at_a_glance_on_a_desktop_and_a_phone() {
     }
     c.close().await.unwrap();
 }
+
+const SECTIONS: &str = r#"
+name: sections
+jobs:
+  sections:
+    steps:
+      - name: build
+        run: make
+"#;
+
+/// A job page carries its open step's last lines itself (it reads without JavaScript, the
+/// script then colours them and adds live ones); `::group::`/`::endgroup::` fold into a closed
+/// section that a click or a link to a line inside it opens; per-line times show on demand and
+/// the choice is remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_sections_fold_times_show_on_demand_and_the_page_reads_without_javascript() {
+    let h = Harness::new(false).await;
+    let run = h.push_pipeline("main", "sections", SECTIONS).await;
+    let a = h.attempt("sections").await;
+    a.started().await;
+    a.step_started(0).await;
+    for l in [
+        "start",
+        "::group::Install <deps>",
+        "dep 1",
+        "dep 2",
+        "::endgroup::",
+        "\u{1b}[32mdone\u{1b}[0m",
+    ] {
+        a.line(0, l).await;
+    }
+    h.wait_lines(a.job, 1, 0, 6).await;
+    a.step_finished(0, State::Success).await;
+    a.finished(State::Success).await;
+    h.wait_run_state(run, State::Success).await;
+    let path = format!("/runs/{run}/jobs/{}", a.job);
+
+    // Without the script: the page itself has the lines, the section folded, the end counted.
+    let (status, html) = h.get(&path, None).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(r#"data-state="success" open>"#), "{html}");
+    assert!(
+        html.contains(r#"<details class="group"><summary class="ln stdout group-head" id="L2""#),
+        "{html}"
+    );
+    assert!(
+        html.contains("Install &lt;deps&gt;</span></summary>"),
+        "{html}"
+    );
+    assert!(html.contains(r#"<span class="txt">dep 2</span>"#), "{html}");
+    assert!(html.contains(r#"<span class="txt">done</span>"#), "{html}");
+    assert!(html.contains("End of log (6 lines)."), "{html}");
+
+    let base = format!("http://{}", h.serve().await);
+    let (_driver, c) = browser().await;
+    c.goto(&format!("{base}{path}")).await.unwrap();
+    // The script's rows replace the page's: coloured now.
+    wait_js(
+        &c,
+        "return !!document.querySelector('#L6 .ansi-fg-2');",
+        "the coloured rows",
+    )
+    .await;
+    let visible = "const r = document.getElementById(arguments[0]); return !!r && r.checkVisibility();";
+    assert_eq!(
+        c.execute(visible, vec![json!("L3")]).await.unwrap(),
+        json!(false),
+        "folded"
+    );
+    assert_eq!(
+        c.execute(visible, vec![json!("L6")]).await.unwrap(),
+        json!(true)
+    );
+    c.find(Locator::Css("summary#L2"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        c.execute(visible, vec![json!("L3")]).await.unwrap(),
+        json!(true),
+        "opened"
+    );
+
+    // Times: hidden until asked for, then on every line, and still on after a reload.
+    let ts = "const t = document.querySelector('#L1 .ts'); return [t.checkVisibility(), t.textContent];";
+    assert_eq!(c.execute(ts, vec![]).await.unwrap()[0], json!(false));
+    c.find(Locator::Css("details.step[open] .times-toggle"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let shown = c.execute(ts, vec![]).await.unwrap();
+    assert_eq!(shown[0], json!(true), "{shown}");
+    let clock = shown[1].as_str().unwrap();
+    assert!(
+        clock.len() == 12 && clock.as_bytes()[2] == b':' && clock.as_bytes()[8] == b'.',
+        "HH:MM:SS.mmm: {clock}"
+    );
+    screenshot(&c, "log-sections-times").await;
+    c.refresh().await.unwrap();
+    wait_js(
+        &c,
+        "const t = document.querySelector('#L6 .ansi-fg-2') && document.querySelector('#L1 .ts'); return !!t && t.checkVisibility();",
+        "times still on after a reload",
+    )
+    .await;
+
+    // A link to a line inside a folded section opens the section.
+    c.goto(&format!("{base}{path}?step=0#L4")).await.unwrap();
+    wait_js(
+        &c,
+        "const r = document.getElementById('L4'); return !!r && r.classList.contains('target') && r.checkVisibility();",
+        "the linked line, its section opened",
+    )
+    .await;
+    c.close().await.unwrap();
+}

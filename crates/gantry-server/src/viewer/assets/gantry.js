@@ -136,6 +136,21 @@
     return "?" + p.toString() + "#L" + n;
   }
 
+  // What a line opens or closes: kept the same as `marker` in viewer/log.rs.
+  const PLAIN = /\x1b\[[0-9;:?]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]/g;
+  function marker(text) {
+    const t = text.replace(PLAIN, "").trim();
+    if (t.startsWith("::group::")) return { group: t.slice(9).trim() };
+    if (t === "::endgroup::") return { end: true };
+    return null;
+  }
+  function two(n, w) { return String(n).padStart(w || 2, "0"); }
+  function clock(at) {
+    const d = new Date(at);
+    return two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds()) + "." + two(d.getMilliseconds(), 3);
+  }
+  const TIMES_KEY = "gantry.times";
+
   class StepLog {
     constructor(details) {
       this.d = details;
@@ -148,11 +163,12 @@
       this.first = 1;
       this.next = 1;
       this.generation = 0;
+      this.group = null; // the open section's body, while lines go into one
     }
 
-    lineNode(l) {
-      const row = document.createElement("div");
-      row.className = "ln " + l.stream;
+    lineNode(l, tag, text) {
+      const row = document.createElement(tag || "div");
+      row.className = "ln " + l.stream + (tag === "summary" ? " group-head" : "");
       row.id = "L" + l.number;
       row.dataset.n = l.number;
       const num = document.createElement("a");
@@ -164,22 +180,42 @@
         history.replaceState(null, "", num.href);
         this.highlight(l.number);
       });
+      const ts = document.createElement("span");
+      ts.className = "ts";
+      ts.textContent = clock(l.at);
       const txt = document.createElement("span");
       txt.className = "txt";
-      txt.appendChild(renderAnsi(l.text));
-      row.append(num, txt);
+      txt.appendChild(text === undefined ? renderAnsi(l.text) : document.createTextNode(text));
+      row.append(num, ts, txt);
       return row;
     }
 
+    // Lines go into the box, or into the section a `::group::` line opened until its
+    // `::endgroup::`; sections start closed, as on the server's first page.
     append(lines) {
-      const frag = document.createDocumentFragment();
+      const tail = this.box.querySelector(":scope > .tail");
       for (const l of lines) {
         if (l.number !== this.next) continue; // never a duplicate, never out of order
-        frag.appendChild(this.lineNode(l));
         this.next = l.number + 1;
+        const m = marker(l.text);
+        if (m && m.group !== undefined) {
+          const d = document.createElement("details");
+          d.className = "group";
+          d.appendChild(this.lineNode(l, "summary", m.group));
+          const body = document.createElement("div");
+          body.className = "group-body";
+          d.appendChild(body);
+          this.box.insertBefore(d, tail);
+          this.group = body;
+        } else if (m && m.end && this.group) {
+          this.group.appendChild(this.lineNode(l));
+          this.group = null;
+        } else if (this.group) {
+          this.group.appendChild(this.lineNode(l));
+        } else {
+          this.box.insertBefore(this.lineNode(l), tail);
+        }
       }
-      const tail = this.box.querySelector(":scope > .tail");
-      this.box.insertBefore(frag, tail);
       if (this.followBox && this.followBox.checked) this.box.scrollTop = this.box.scrollHeight;
     }
 
@@ -217,6 +253,7 @@
       try { page = await this.getJSON(url); } catch (e) { this.status("Cannot load the log: " + e.message); return; }
       if (gen !== this.generation) return;
       this.box.textContent = "";
+      this.group = null;
       this.first = page.from;
       this.next = page.from;
       if (page.from > 1) this.earlierButton();
@@ -292,6 +329,7 @@
         return;
       }
       if (row) {
+        for (let g = row.closest("details.group"); g; g = g.parentElement.closest("details.group")) g.open = true;
         row.classList.add("target");
         this.box.scrollTop = row.offsetTop - this.box.offsetTop - this.box.clientHeight / 3;
         if (this.followBox) this.followBox.checked = false;
@@ -351,7 +389,24 @@
     }
     const wanted = new URLSearchParams(location.search).get("step") || steps.dataset.selected;
     const first = all.find((d) => d.dataset.step === wanted);
-    if (first) first.open = true;
+    if (first && first.open) {
+      // Open in the page already, with its last lines: load it again coloured, and follow it.
+      const m = location.hash.match(/^#L(\d+)$/);
+      logs.get(first).open(m ? parseInt(m[1], 10) : 0);
+    } else if (first) {
+      first.open = true;
+    }
+    for (const d of all) if (d !== first && d.open) d.open = false;
+    // Per-line times, on or off for every log, remembered.
+    const showTimes = (on) => {
+      steps.querySelectorAll(".log").forEach((b) => b.classList.toggle("times", on));
+      steps.querySelectorAll(".times-toggle").forEach((t) => { t.checked = on; });
+    };
+    steps.querySelectorAll(".times-toggle").forEach((t) => t.addEventListener("change", () => {
+      localStorage.setItem(TIMES_KEY, t.checked ? "1" : "");
+      showTimes(t.checked);
+    }));
+    showTimes(!!localStorage.getItem(TIMES_KEY));
     window.addEventListener("hashchange", () => {
       const open = all.find((d) => d.open);
       const m = location.hash.match(/^#L(\d+)$/);
