@@ -220,7 +220,7 @@ impl Inner {
             }
             self.supersede(&mut active, &trigger, &file, run_id).await?;
             let now = gantry_core::now();
-            let record = RunRecord {
+            let mut record = RunRecord {
                 run: Run {
                     id: run_id,
                     trigger: trigger.clone(),
@@ -234,10 +234,11 @@ impl Inner {
                 name: pipeline.name().to_owned(),
                 reason: None,
                 cancel_requested: false,
+                number: 0,
             };
             let key = repo_key(&trigger);
             let mut tx = self.store.begin().await?;
-            tx.insert_run(&record).await?;
+            record.number = tx.insert_run(&record).await?;
             status::push_run(&mut tx, &self.config, &record, State::Queued, "queued").await?;
             for (position, planned) in plan.jobs.into_iter().enumerate() {
                 let state = if planned.skipped.is_some() {
@@ -328,7 +329,7 @@ impl Inner {
         status_text: &str,
     ) -> Result<RunId> {
         let now = gantry_core::now();
-        let record = RunRecord {
+        let mut record = RunRecord {
             run: Run {
                 id: RunId::new(),
                 trigger: trigger.clone(),
@@ -342,9 +343,10 @@ impl Inner {
             name,
             reason: Some(reason),
             cancel_requested: false,
+            number: 0,
         };
         let mut tx = self.store.begin().await?;
-        tx.insert_run(&record).await?;
+        record.number = tx.insert_run(&record).await?;
         status::push_run(&mut tx, &self.config, &record, State::Error, status_text).await?;
         tx.commit().await?;
         Ok(record.run.id)

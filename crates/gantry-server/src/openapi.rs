@@ -136,6 +136,7 @@ pub fn document() -> Value {
                     "type": "object",
                     "properties": {
                         "id": uuid(),
+                        "number": { "type": "integer", "minimum": 1, "description": "The run's number in its repository: 1, 2, …" },
                         "pipeline": { "type": "string" },
                         "file": { "type": "string" },
                         "forge": { "type": "string", "enum": ["github", "gitlab", "gitea"] },

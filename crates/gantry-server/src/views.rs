@@ -7,6 +7,8 @@ use serde::Serialize;
 #[derive(Clone, Debug, Serialize)]
 pub struct RunView {
     pub id: RunId,
+    /// The run's number in its repository: 1, 2, … (`#12` in the viewer).
+    pub number: u64,
     /// The pipeline's name and file.
     pub pipeline: String,
     pub file: String,
@@ -104,6 +106,7 @@ impl From<&RunRecord> for RunView {
         let t = &r.run.trigger;
         RunView {
             id: r.run.id,
+            number: r.number,
             pipeline: r.name.clone(),
             file: r.run.pipeline.clone(),
             forge: t.repo.forge.to_string(),

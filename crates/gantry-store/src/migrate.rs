@@ -31,6 +31,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "retention indexes",
         sql: include_str!("../migrations/0004_retention.sql"),
     },
+    Migration {
+        version: 5,
+        name: "run numbers",
+        sql: include_str!("../migrations/0005_run_numbers.sql"),
+    },
 ];
 
 /// The newest schema this build knows.

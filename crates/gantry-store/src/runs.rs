@@ -6,8 +6,8 @@ use gantry_core::{
     Event, ForgeKind, Job, JobId, Run, RunId, State, StatusCondition, Step, Timestamp, Trigger,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row as _};
 
 use crate::codec::{self, Cols, flag, json, opt_ts, ts};
 use crate::{Result, Store, Tx};
@@ -25,6 +25,9 @@ pub struct RunRecord {
     pub reason: Option<String>,
     /// A cancel was asked for: jobs still to start will not.
     pub cancel_requested: bool,
+    /// The run's number in its repository (1, 2, …), given when it is recorded; 0 before.
+    #[serde(default)]
+    pub number: u64,
 }
 
 /// Which runs [`Store::list_runs`] returns. Empty fields match everything.
@@ -82,7 +85,7 @@ fn parse_run_if(s: &str) -> Result<StatusCondition> {
 }
 
 const RUN_COLS: &str = "id, trigger_json, pipeline, name, state, reason, cancel_requested, \
-                        created_at, started_at, finished_at";
+                        created_at, started_at, finished_at, number";
 const JOB_COLS: &str = "id, attempt, run_id, name, needs, spec, retries_left, allow_failure, \
                         run_if, state, reason, created_at, started_at, finished_at";
 const STEP_COLS: &str =
@@ -125,6 +128,7 @@ fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
         name: c.str("name")?,
         reason: c.opt_str("reason")?,
         cancel_requested: c.flag("cancel_requested")?,
+        number: c.i64("number")?.max(0) as u64,
     })
 }
 
@@ -378,15 +382,26 @@ impl Tx {
         running_counts(self.conn()).await
     }
 
-    /// Records a new run (its `jobs` are inserted separately with [`Tx::insert_job`]).
-    pub async fn insert_run(&mut self, record: &RunRecord) -> Result<()> {
+    /// Records a new run (its `jobs` are inserted separately with [`Tx::insert_job`]) and
+    /// returns the number it got in its repository.
+    pub async fn insert_run(&mut self, record: &RunRecord) -> Result<u64> {
         let run = &record.run;
         let t = &run.trigger;
+        let number: i64 = sqlx::query(
+            "INSERT INTO run_numbers (forge, repo, last) VALUES ($1, $2, 1) \
+             ON CONFLICT (forge, repo) DO UPDATE SET last = run_numbers.last + 1 \
+             RETURNING last",
+        )
+        .bind(t.repo.forge.as_str())
+        .bind(t.repo.full_name.clone())
+        .fetch_one(self.conn())
+        .await?
+        .try_get("last")?;
         sqlx::query(
             "INSERT INTO runs (id, forge, repo, pipeline, name, event, git_ref, branch, sha, \
              pr_number, trigger_json, state, reason, cancel_requested, created_at, started_at, \
-             finished_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             finished_at, updated_at, number) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(run.id.to_string())
         .bind(t.repo.forge.as_str())
@@ -406,9 +421,10 @@ impl Tx {
         .bind(opt_ts(run.started_at))
         .bind(opt_ts(run.finished_at))
         .bind(ts(run.created_at))
+        .bind(number)
         .execute(self.conn())
         .await?;
-        Ok(())
+        Ok(number.max(0) as u64)
     }
 
     /// Records a job attempt and its steps (as the attempt's `steps`, or, when it has none,

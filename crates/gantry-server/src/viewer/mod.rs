@@ -230,9 +230,10 @@ async fn runs_page(
             let worst = worst_of_cancelled(&state, r).await;
             let _ = write!(
                 body,
-                r#"<tr class="run" data-run="{id}"><td data-label="Status">{badge}{worst}</td><td data-label="Run"><a class="run-link" href="/runs/{id}">{name}</a><div class="sub">{repo}</div></td><td data-label="Branch">{what}</td><td data-label="Commit" class="commit">{commit}</td><td data-label="Author">{author}</td><td data-label="Event">{event}</td><td data-label="Duration">{dur}</td><td data-label="Created">{created}</td></tr>"#,
+                r#"<tr class="run" data-run="{id}"><td data-label="Status">{badge}{worst}</td><td data-label="Run"><a class="run-link" href="/runs/{id}">{name} <span class="num">#{number}</span></a><div class="sub">{repo}</div></td><td data-label="Branch">{what}</td><td data-label="Commit" class="commit">{commit}</td><td data-label="Author">{author}</td><td data-label="Event">{event}</td><td data-label="Duration">{dur}</td><td data-label="Created">{created}</td></tr>"#,
                 badge = badge(r.run.state, &id),
                 name = esc(&r.name),
+                number = r.number,
                 repo = esc(&t.repo.full_name),
                 what = esc(&what(r)),
                 commit = commit_html(r, true),
@@ -305,7 +306,7 @@ fn run_header(r: &RunRecord, extra: &str, facts_open: bool) -> String {
     let _ = write!(
         out,
         r#"<section class="card run-head" data-run="{id}" data-final="{fin}">
-<div class="title">{badge}<h1><a href="/runs/{id}">{name}</a></h1></div>
+<div class="title">{badge}<h1><a href="/runs/{id}">{name} <span class="num">#{number}</span></a></h1></div>
 <details class="facts-box"{open}><summary>{repo} · {what} · <code>{short}</code></summary>
 <dl class="facts">
 <div><dt>Repository</dt><dd>{repo}</dd></div>
@@ -317,6 +318,7 @@ fn run_header(r: &RunRecord, extra: &str, facts_open: bool) -> String {
 <div><dt>Created</dt><dd>{created}</dd></div>
 </dl></details>"#,
         open = if facts_open { " open" } else { "" },
+        number = r.number,
         short = esc(&short),
         fin = r.run.state.is_final(),
         badge = badge(r.run.state, &id),
@@ -439,7 +441,10 @@ async fn run_page(
     }
     body.push_str("</ul></section>");
     page(
-        &format!("{} · {}", r.name, r.run.trigger.repo.full_name),
+        &format!(
+            "{} #{} · {}",
+            r.name, r.number, r.run.trigger.repo.full_name
+        ),
         &body,
     )
     .into_response()

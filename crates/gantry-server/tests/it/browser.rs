@@ -451,7 +451,7 @@ jobs:
 /// says so in the list; marks (not pills) on every step with the state for screen readers;
 /// sub-second durations, times relative with the absolute one as a tooltip; a successful job
 /// opens its last step ("1 line"); a job page lists the run's jobs beside its log, folds the run
-/// facts and starts with the log on a phone; no page scrolls sideways at 360 or 390 px.
+/// facts and starts with the log on a phone; no page scrolls sideways at 360, 390 or 414 px.
 /// Screenshots of each page at each size are kept (see [`screenshot_dir`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_viewer_says_why_at_a_glance_on_a_desktop_and_a_phone() {
@@ -535,6 +535,16 @@ async fn the_viewer_says_why_at_a_glance_on_a_desktop_and_a_phone() {
     let text = row.text().await.unwrap();
     assert!(text.to_lowercase().contains("cancelled"), "{text}");
     assert!(text.contains("1 job failed"), "{text}");
+    // Numbered per repository: this repository's first run, and the quick one its second.
+    assert!(text.contains("ci #1"), "{text}");
+    let quick_row = c
+        .find(Locator::Css(&format!("tr.run[data-run='{quick_run}']")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(quick_row.contains("quick #2"), "{quick_row}");
     let when = c
         .execute(
             "const t = document.querySelector('tr.run time'); return [t.textContent, t.title];",
@@ -554,6 +564,14 @@ async fn the_viewer_says_why_at_a_glance_on_a_desktop_and_a_phone() {
 
     // The run page: why each job ended as it did.
     c.goto(&run_page).await.unwrap();
+    let title = c
+        .find(Locator::Css(".run-head h1"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(title, "ci #1");
     let why = |job: gantry_core::JobId| {
         format!(
             "const w = document.querySelector('li.job[data-job=\"{job}\"] .why'); return w ? w.innerText : '';"
@@ -652,7 +670,7 @@ async fn the_viewer_says_why_at_a_glance_on_a_desktop_and_a_phone() {
     assert!(fits(&c).await, "the job page fits a desktop");
 
     // A phone, at its narrowest and a common width.
-    for (w, h_px) in [(360u32, 740u32), (390, 844)] {
+    for (w, h_px) in [(360u32, 740u32), (390, 844), (414, 896)] {
         c.set_window_size(w, h_px).await.unwrap();
         for (name, url) in [
             ("runs", format!("{base}/runs")),
@@ -747,7 +765,8 @@ async fn log_sections_fold_times_show_on_demand_and_the_page_reads_without_javas
         "the coloured rows",
     )
     .await;
-    let visible = "const r = document.getElementById(arguments[0]); return !!r && r.checkVisibility();";
+    let visible =
+        "const r = document.getElementById(arguments[0]); return !!r && r.checkVisibility();";
     assert_eq!(
         c.execute(visible, vec![json!("L3")]).await.unwrap(),
         json!(false),
@@ -770,7 +789,8 @@ async fn log_sections_fold_times_show_on_demand_and_the_page_reads_without_javas
     );
 
     // Times: hidden until asked for, then on every line, and still on after a reload.
-    let ts = "const t = document.querySelector('#L1 .ts'); return [t.checkVisibility(), t.textContent];";
+    let ts =
+        "const t = document.querySelector('#L1 .ts'); return [t.checkVisibility(), t.textContent];";
     assert_eq!(c.execute(ts, vec![]).await.unwrap()[0], json!(false));
     c.find(Locator::Css("details.step[open] .times-toggle"))
         .await

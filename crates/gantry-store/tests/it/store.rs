@@ -63,7 +63,10 @@ macro_rules! on_both_unopened {
     };
 }
 
-on_both_unopened!(a_database_at_schema_2_keeps_its_rows_and_gains_step_summaries);
+on_both_unopened!(
+    a_database_at_schema_2_keeps_its_rows_and_gains_step_summaries,
+    runs_are_numbered_per_repository_and_an_upgrade_numbers_the_runs_it_finds,
+);
 
 fn repo(name: &str) -> RepoRef {
     RepoRef {
@@ -99,6 +102,7 @@ fn run(trigger: Trigger) -> RunRecord {
         name: "ci".into(),
         reason: None,
         cancel_requested: false,
+        number: 0,
     }
 }
 
@@ -1106,4 +1110,76 @@ async fn retention_deletes_old_finished_work_and_never_unfinished_work(db: TestD
         Default::default(),
         "no limit, nothing deleted"
     );
+}
+
+/// Runs are numbered 1, 2, … in each repository, independently of the others; a database an
+/// older Gantry (schema 4) filled gets its runs numbered in the order they were created, and new
+/// runs go on from there.
+async fn runs_are_numbered_per_repository_and_an_upgrade_numbers_the_runs_it_finds(db: EmptyDb) {
+    gantry_store::testing::migrate_to(&db.url, 4).await.unwrap();
+    let old: Vec<RunRecord> = ["acme/app", "acme/lib", "acme/app"]
+        .iter()
+        .map(|name| run(trigger(name, "main")))
+        .collect();
+    {
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+            .await
+            .unwrap();
+        for r in &old {
+            let t = &r.run.trigger;
+            sqlx::query(
+                "INSERT INTO runs (id, forge, repo, pipeline, name, event, git_ref, branch, sha, \
+                 pr_number, trigger_json, state, reason, cancel_requested, created_at, \
+                 started_at, finished_at, updated_at) VALUES ($1, 'github', $2, '.gantry.yaml', \
+                 'ci', 'push', $3, 'main', $4, NULL, $5, 'success', NULL, 0, $6, $6, $6, $6)",
+            )
+            .bind(r.run.id.to_string())
+            .bind(t.repo.full_name.clone())
+            .bind(t.git_ref.clone())
+            .bind(t.sha.clone())
+            .bind(serde_json::to_string(t).unwrap())
+            .bind("2026-01-02T03:04:05.000000Z")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        <sqlx::AnyConnection as sqlx::Connection>::close(conn)
+            .await
+            .unwrap();
+    }
+    let db = db.open().await;
+    let store = &db.store;
+    let number = |id| async move { store.get_run(id).await.unwrap().unwrap().number };
+    assert_eq!(number(old[0].run.id).await, 1);
+    assert_eq!(number(old[1].run.id).await, 1);
+    assert_eq!(number(old[2].run.id).await, 2);
+    let mut new = Vec::new();
+    for name in ["acme/app", "acme/lib", "acme/other", "acme/app"] {
+        let r = run(trigger(name, "main"));
+        insert(store, &r, &[]).await;
+        new.push(r.run.id);
+    }
+    let numbers = [
+        number(new[0]).await,
+        number(new[1]).await,
+        number(new[2]).await,
+        number(new[3]).await,
+    ];
+    assert_eq!(numbers, [3, 2, 1, 4]);
+    let listed = store
+        .list_runs(
+            &RunFilter {
+                repo: Some("acme/app".into()),
+                ..RunFilter::default()
+            },
+            Page {
+                limit: 10,
+                before: None,
+            },
+        )
+        .await
+        .unwrap();
+    let listed: Vec<u64> = listed.iter().map(|r| r.number).collect();
+    assert_eq!(listed, [4, 3, 2, 1], "newest first, each with its number");
 }
