@@ -810,6 +810,34 @@ async fn step_summaries_are_stored_kept_and_capped(db: TestDb) {
     assert_eq!(one.steps[0].summary.as_deref(), Some(digest), "get_job too");
 }
 
+/// A run row as an older Gantry wrote it (schemas 1 to 4 have these columns), at time `at`.
+async fn insert_old_run(
+    conn: &mut sqlx::AnyConnection,
+    r: &RunRecord,
+    state: &str,
+    reason: Option<&str>,
+    at: &str,
+) {
+    let t = &r.run.trigger;
+    sqlx::query(
+        "INSERT INTO runs (id, forge, repo, pipeline, name, event, git_ref, branch, sha, \
+         pr_number, trigger_json, state, reason, cancel_requested, created_at, started_at, \
+         finished_at, updated_at) VALUES ($1, 'github', $2, '.gantry.yaml', 'ci', 'push', \
+         $3, 'main', $4, NULL, $5, $6, $7, 0, $8, $8, $8, $8)",
+    )
+    .bind(r.run.id.to_string())
+    .bind(t.repo.full_name.clone())
+    .bind(t.git_ref.clone())
+    .bind(t.sha.clone())
+    .bind(serde_json::to_string(t).unwrap())
+    .bind(state.to_owned())
+    .bind(reason.map(str::to_owned))
+    .bind(at.to_owned())
+    .execute(conn)
+    .await
+    .unwrap();
+}
+
 /// A database an older Gantry (schema 2) filled: opening it adds the summary column and keeps
 /// every row; its steps have no summary until one is recorded.
 async fn a_database_at_schema_2_keeps_its_rows_and_gains_step_summaries(db: EmptyDb) {
@@ -830,22 +858,7 @@ async fn a_database_at_schema_2_keeps_its_rows_and_gains_step_summaries(db: Empt
             "v",
         );
         assert_eq!(version, 2);
-        let t = &r.run.trigger;
-        sqlx::query(
-            "INSERT INTO runs (id, forge, repo, pipeline, name, event, git_ref, branch, sha, \
-             pr_number, trigger_json, state, reason, cancel_requested, created_at, started_at, \
-             finished_at, updated_at) VALUES ($1, 'github', $2, '.gantry.yaml', 'ci', 'push', \
-             $3, 'main', $4, NULL, $5, 'failure', 'build failed', 0, $6, $6, $6, $6)",
-        )
-        .bind(r.run.id.to_string())
-        .bind(t.repo.full_name.clone())
-        .bind(t.git_ref.clone())
-        .bind(t.sha.clone())
-        .bind(serde_json::to_string(t).unwrap())
-        .bind(at)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+        insert_old_run(&mut conn, &r, "failure", Some("build failed"), at).await;
         sqlx::query(
             "INSERT INTO jobs (id, attempt, run_id, repo_key, name, position, is_latest, needs, \
              spec, retries_left, allow_failure, run_if, state, reason, created_at, queued_at, \
@@ -1127,22 +1140,7 @@ async fn runs_are_numbered_per_repository_and_an_upgrade_numbers_the_runs_it_fin
             .await
             .unwrap();
         for r in &old {
-            let t = &r.run.trigger;
-            sqlx::query(
-                "INSERT INTO runs (id, forge, repo, pipeline, name, event, git_ref, branch, sha, \
-                 pr_number, trigger_json, state, reason, cancel_requested, created_at, \
-                 started_at, finished_at, updated_at) VALUES ($1, 'github', $2, '.gantry.yaml', \
-                 'ci', 'push', $3, 'main', $4, NULL, $5, 'success', NULL, 0, $6, $6, $6, $6)",
-            )
-            .bind(r.run.id.to_string())
-            .bind(t.repo.full_name.clone())
-            .bind(t.git_ref.clone())
-            .bind(t.sha.clone())
-            .bind(serde_json::to_string(t).unwrap())
-            .bind("2026-01-02T03:04:05.000000Z")
-            .execute(&mut conn)
-            .await
-            .unwrap();
+            insert_old_run(&mut conn, r, "success", None, "2026-01-02T03:04:05.000000Z").await;
         }
         <sqlx::AnyConnection as sqlx::Connection>::close(conn)
             .await
