@@ -127,10 +127,37 @@ fn the_demo_says_how_to_sign_in_and_runs_the_commit_its_printed_command_pushes()
     };
     assert_eq!(run["status"], "success", "{run:#}");
     assert_eq!(run["message"], "Say more", "{run:#}");
+    // Stopped with SIGTERM, the demo stops what it started: nothing listens on its port
+    // afterwards (before: Gantry and git daemon were left running, holding it).
     let _ = Command::new("kill")
         .args(["-TERM", &demo.id().to_string()])
         .status();
     let _ = demo.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Gantry still listens on {port} after the demo was stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // git daemon serves from the demo's work directory, which names the app it cds into.
+    let app = command
+        .trim()
+        .strip_prefix("cd ")
+        .and_then(|c| c.split(" && ").next())
+        .expect("the push command starts in the app");
+    let work = std::path::Path::new(app).parent().unwrap();
+    let leftover = Command::new("pgrep")
+        .args(["-af", &work.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        leftover.stdout.is_empty(),
+        "processes of the demo left running: {}",
+        String::from_utf8_lossy(&leftover.stdout)
+    );
+    assert!(!work.exists(), "the demo's work directory {work:?} is left");
 }
 
 /// `GET url`'s body, from a test that is not async.

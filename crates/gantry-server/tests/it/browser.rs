@@ -5,6 +5,7 @@
 //! fail (they do not skip): a viewer nobody has seen working is not tested.
 
 use std::net::TcpListener as StdListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -31,7 +32,12 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    // chromedriver and the Chromium it started share a process group of their own: all go, also
+    // when a test fails before it closes the session (before, each such test left a Chromium).
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -54,6 +60,7 @@ async fn browser() -> (Driver, Client) {
         .port();
     let child = Command::new(&chromedriver)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
